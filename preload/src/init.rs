@@ -1,0 +1,248 @@
+//! Start-up, shut-down and fork: the tracer's global state machine.
+//!
+//! The tracer starts from its ELF constructor, or earlier from the first hook call once libc is
+//! initialized (libstdc++ allocates before our constructor runs). Until it is active, and after it
+//! is disabled, every hook just forwards to the real allocator. Exit writes an end record from an
+//! `atexit` handler registered at start (it runs after the program's own handlers); the file is cut
+//! to its used length from our ELF destructor, which runs after the program's libraries' ones.
+
+use crate::config::{self, Config};
+use crate::sink::SINK;
+use crate::{clock, guard, modules, record, stacks, thread};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use memtrace_format::encode::encode_file_header;
+use memtrace_format::Header;
+use std::sync::OnceLock;
+
+const UNINIT: u8 = 0;
+const STARTING: u8 = 1;
+const ACTIVE: u8 = 2;
+const OFF: u8 = 3;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static OUTPUT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+/// Set once the process is exiting: nothing may be written to stderr any more.
+static EXITING: AtomicBool = AtomicBool::new(false);
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+unsafe extern "C" {
+    static environ: *const *const libc::c_char;
+}
+
+/// Whether tracing is on. The hooks' fast check.
+#[inline]
+pub fn active() -> bool {
+    STATE.load(Ordering::Acquire) == ACTIVE
+}
+
+/// Starts the tracer if it has not started and libc is ready; true if tracing is on.
+#[inline]
+pub fn ensure_started() -> bool {
+    match STATE.load(Ordering::Acquire) {
+        ACTIVE => true,
+        UNINIT if libc_ready() => {
+            start();
+            active()
+        }
+        _ => false,
+    }
+}
+
+/// libc has run its own initialization (it sets `environ` then): before that, getenv and stdio
+/// cannot be trusted, and the hooks only forward.
+fn libc_ready() -> bool {
+    // SAFETY: reading a pointer-sized global that libc exports.
+    !unsafe { core::ptr::read_volatile(core::ptr::addr_of!(environ)) }.is_null()
+}
+
+/// The configured frame cap.
+pub fn config_max_frames() -> usize {
+    CONFIG.get().map_or(config::DEFAULT_MAX_FRAMES, |c| c.max_frames)
+}
+
+/// Says `msg` once on stderr (unless the process is exiting) and turns tracing off for good.
+pub fn disable(msg: &str) {
+    STATE.store(OFF, Ordering::Release);
+    say(msg);
+}
+
+/// One line on stderr, at most once per process, never during exit.
+fn say(msg: &str) {
+    if EXITING.load(Ordering::Relaxed) || WARNED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    write_stderr(&format!("memtrace: {msg}\n"));
+}
+
+fn write_stderr(line: &str) {
+    // SAFETY: writes a valid buffer to fd 2; a closed or redirected fd just makes write fail.
+    unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
+}
+
+fn getenv(name: &core::ffi::CStr) -> Option<String> {
+    // SAFETY: `name` is NUL-terminated; getenv returns NULL or a NUL-terminated string that stays
+    // valid while the environment is not modified, and we copy it at once.
+    unsafe {
+        let p = libc::getenv(name.as_ptr());
+        (!p.is_null()).then(|| core::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+fn read_cmdline() -> Vec<String> {
+    std::fs::read("/proc/self/cmdline")
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn header(parent_trace: Option<String>) -> Vec<u8> {
+    let executable = std::fs::read_link("/proc/self/exe")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    encode_file_header(&Header {
+        pid: std::process::id(),
+        // SAFETY: getppid has no preconditions.
+        ppid: unsafe { libc::getppid() } as u32,
+        executable,
+        cmdline: read_cmdline(),
+        start_unix_ns: clock::unix_ns(),
+        parent_trace,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+/// Starts tracing: reads the configuration, scans the modules, creates the trace file and
+/// registers the exit and fork handlers. On failure, says why once and leaves tracing off.
+fn start() {
+    if STATE
+        .compare_exchange(UNINIT, STARTING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return;
+    }
+    let pid = std::process::id();
+    let cmdline = read_cmdline();
+    let program = cmdline.first().cloned().unwrap_or_default();
+    let config = Config::from_env(
+        getenv(c"MEMTRACE_OUTPUT").as_deref(),
+        getenv(c"MEMTRACE_QUIET").as_deref(),
+        getenv(c"MEMTRACE_MAX_FRAMES").as_deref(),
+        &program,
+        pid,
+    );
+    let output = config.output.clone();
+    let quiet = config.quiet;
+    let _ = CONFIG.set(config);
+    clock::start();
+    let changes = modules::rescan(true);
+    if let Err(msg) = SINK.open(&output, &header(None)) {
+        disable(&format!("{msg}; the program runs untraced"));
+        return;
+    }
+    if let Ok(mut o) = OUTPUT.lock() {
+        *o = output.clone();
+    }
+    thread::init_key();
+    // SAFETY: registering plain extern "C" handlers with no preconditions.
+    unsafe {
+        libc::atexit(on_exit);
+        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+    }
+    STATE.store(ACTIVE, Ordering::Release);
+    if let Some(changes) = changes {
+        record::modules_changed(&changes);
+    }
+    if !quiet {
+        write_stderr(&format!("memtrace: writing trace to {output}\n"));
+    }
+}
+
+/// The ELF constructor: start as early as libc allows even if nothing has allocated yet.
+extern "C" fn constructor() {
+    if let Some(_g) = guard::enter() {
+        ensure_started();
+    }
+}
+
+/// The ELF destructor: runs after the program's libraries' destructors; cuts the file.
+extern "C" fn destructor() {
+    if let Some(_g) = guard::enter() {
+        EXITING.store(true, Ordering::Relaxed);
+        if STATE.load(Ordering::Acquire) == ACTIVE {
+            SINK.close();
+        }
+    }
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static CONSTRUCTOR: extern "C" fn() = constructor;
+
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static DESTRUCTOR: extern "C" fn() = destructor;
+
+extern "C" fn on_exit() {
+    EXITING.store(true, Ordering::Relaxed);
+    if let Some(_g) = guard::enter() {
+        if active() {
+            record::end();
+        }
+    }
+}
+
+/// `_exit` / `_Exit`: the process ends now; record the end (everything else is already on file).
+pub fn on_underscore_exit() {
+    EXITING.store(true, Ordering::Relaxed);
+    if let Some(_g) = guard::enter() {
+        if active() {
+            record::end();
+        }
+    }
+}
+
+extern "C" fn before_fork() {
+    // This thread stays "inside the tracer" until the fork is over, so that its own allocations
+    // in between cannot wait for the locks it holds.
+    guard::hold();
+    modules::before_fork();
+    stacks::before_fork();
+}
+
+extern "C" fn after_fork_parent() {
+    stacks::after_fork(false);
+    modules::after_fork();
+    guard::release();
+}
+
+extern "C" fn after_fork_child() {
+    stacks::after_fork(true);
+    modules::after_fork();
+    if STATE.load(Ordering::Acquire) == ACTIVE {
+        let parent = OUTPUT.lock().map(|o| o.clone()).unwrap_or_default();
+        let pid = std::process::id();
+        let child = CONFIG
+            .get()
+            .map(|c| config::child_output(c, &parent, pid))
+            .unwrap_or_else(|| format!("{parent}.{pid}"));
+        match SINK.open(&child, &header(Some(parent))) {
+            Ok(()) => {
+                if let Ok(mut o) = OUTPUT.lock() {
+                    *o = child;
+                }
+                thread::reset_for_child();
+                record::modules_changed(&modules::Changes {
+                    added: modules::all_infos(),
+                    removed: Vec::new(),
+                });
+            }
+            Err(msg) => disable(&format!("fork child: {msg}; the child runs untraced")),
+        }
+    }
+    guard::release();
+}

@@ -1,0 +1,120 @@
+//! What the tracer does for each event, top to bottom: find this thread's state, capture and intern
+//! the stack, take the time, encode the record into the thread's chunk.
+//!
+//! Called from `hooks.rs` with the re-entrancy guard held and tracing active. Safe code: the unsafe
+//! parts live in the modules it calls.
+
+use crate::modules::{self, ModuleMap};
+use crate::stacks::{self, hash_frames};
+use crate::thread::{self, ThreadState};
+use crate::writer::WriteError;
+use crate::{clock, init};
+use memtrace_format::encode::{
+    encode_alloc, encode_end, encode_free, encode_mark, encode_module, encode_module_unload,
+    encode_realloc, encode_stack, module_payload,
+};
+use memtrace_format::{AllocKind, Frame};
+
+fn state() -> &'static mut ThreadState {
+    thread::current(init::config_max_frames())
+}
+
+fn check(result: Result<(), WriteError>) {
+    if let Err(WriteError::Failed(msg)) = result {
+        init::disable(&msg);
+    }
+}
+
+/// Records an allocation that returned `addr`.
+pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
+    let ts = state();
+    let stack = stack_id(ts);
+    let time = clock::now();
+    check(ts.writer.write(time, |buf, st| {
+        encode_alloc(buf, st, time, kind, stack, size as u64, addr as u64)
+    }));
+}
+
+/// Records a realloc of `old` (0 for none) that returned `new`.
+pub fn realloc(old: usize, size: usize, new: usize) {
+    let ts = state();
+    let stack = stack_id(ts);
+    let time = clock::now();
+    check(ts.writer.write(time, |buf, st| {
+        encode_realloc(buf, st, time, stack, size as u64, old as u64, new as u64)
+    }));
+}
+
+/// Records that `addr` is about to be freed.
+pub fn free(addr: usize) {
+    let ts = state();
+    let time = clock::now();
+    check(ts.writer.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
+}
+
+/// Records a named point.
+pub fn mark(label: &[u8]) {
+    let ts = state();
+    let time = clock::now();
+    check(ts.writer.write(time, |buf, st| encode_mark(buf, st, time, label)));
+}
+
+/// Records the end of the process.
+pub fn end() {
+    let ts = state();
+    let time = clock::now();
+    check(ts.writer.write(time, |buf, st| encode_end(buf, st, time)));
+}
+
+/// Writes module and unload records for what a rescan found.
+pub fn modules_changed(changes: &modules::Changes) {
+    let ts = state();
+    for info in &changes.added {
+        let payload = module_payload(info);
+        check(ts.writer.write(ts.writer.last_time, |buf, _| encode_module(buf, &payload)));
+    }
+    for &id in &changes.removed {
+        let time = clock::now();
+        check(ts.writer.write(time, |buf, st| encode_module_unload(buf, st, time, id)));
+    }
+}
+
+/// The id of the calling thread's current stack, defining it in the trace if it is new.
+fn stack_id(ts: &mut ThreadState) -> u32 {
+    if ts.epoch != crate::sink::SINK.epoch() {
+        thread::reset_for_child();
+    }
+    let Some(mut map) = modules::current() else {
+        return 0;
+    };
+    let mut n = stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
+    let mut hash = hash_frames(&ts.frames[..n]);
+    if !ts.stacks.contains(hash) && has_unknown_frame(map, &ts.frames[..n]) && modules::changed_since_scan() {
+        // A library loaded since the last scan: learn it, then unwind again with its tables.
+        if let Some(changes) = modules::rescan(false) {
+            modules_changed(&changes);
+            if let Some(m) = modules::current() {
+                map = m;
+            }
+            n = stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
+            hash = hash_frames(&ts.frames[..n]);
+        }
+    }
+    let (id, new) = stacks::intern(&mut ts.stacks, hash);
+    if new {
+        let frames: Vec<Frame> = ts.frames[..n]
+            .iter()
+            .map(|&a| match map.resolve(a) {
+                Some((module, offset)) => Frame { module, offset },
+                None => Frame { module: 0, offset: a },
+            })
+            .collect();
+        let t = ts.writer.last_time;
+        check(ts.writer.write(t, |buf, _| encode_stack(buf, id, &frames)));
+    }
+    id
+}
+
+fn has_unknown_frame(map: &ModuleMap, frames: &[u64]) -> bool {
+    frames.iter().any(|&a| map.resolve(a).is_none())
+}

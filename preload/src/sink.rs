@@ -1,0 +1,251 @@
+//! The trace file: a `MAP_SHARED` mapping that threads claim chunks of with one atomic add.
+//!
+//! What a thread writes into its chunk is in the page cache at once, so it survives SIGKILL, a
+//! crash, `_exit` and `exec` with no flush (DESIGN.md §3). The file is grown in doubling steps with
+//! `posix_fallocate` before a step is mapped, so a full disk is an error here, never a SIGBUS later.
+//! The mapping lives in one large address-space reservation, so chunk pointers never move.
+
+use crate::spin::SpinLock;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use memtrace_format::record::{FILE_MAGIC, HEADER_SIZE};
+use std::ffi::CString;
+
+/// Address space reserved for the mapping: the largest trace one process can write.
+const RESERVE: usize = 1 << 40;
+/// First and largest growth steps.
+const FIRST_STEP: usize = 64 << 10;
+const MAX_STEP: usize = 64 << 20;
+/// `next` is pushed here on close, so later claims fail without a lock.
+const CLOSED: usize = usize::MAX / 4;
+
+/// The process's trace file.
+pub struct Sink {
+    fd: AtomicI32,
+    base: AtomicUsize,
+    mapped: AtomicUsize,
+    next: AtomicUsize,
+    /// Bumped when the file is replaced (fork child): chunks claimed before are no longer ours.
+    epoch: AtomicU32,
+    grow: SpinLock,
+}
+
+/// The one sink of the process.
+pub static SINK: Sink = Sink {
+    fd: AtomicI32::new(-1),
+    base: AtomicUsize::new(0),
+    mapped: AtomicUsize::new(0),
+    next: AtomicUsize::new(CLOSED),
+    epoch: AtomicU32::new(0),
+    grow: SpinLock::new(()),
+};
+
+/// A claimed chunk: `len` bytes at `ptr`, valid while the sink's epoch is `epoch`.
+#[derive(Clone, Copy)]
+pub struct Claim {
+    /// Start of the chunk in the mapping.
+    pub ptr: *mut u8,
+    /// Length in bytes.
+    pub len: usize,
+    /// The sink epoch it belongs to.
+    pub epoch: u32,
+}
+
+/// Opens `path` for a new trace without following a symlink and without clobbering a file that is
+/// not a memtrace trace. A trace left by the image this process was before `exec` (same pid) is
+/// moved aside to `<path>.exec<N>` rather than overwritten.
+fn open_trace_file(path: &str) -> Result<i32, String> {
+    let cpath = CString::new(path).map_err(|_| format!("bad output path {path:?}"))?;
+    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: `cpath` is a valid NUL-terminated string; open has no other preconditions.
+    let fd = unsafe { libc::open(cpath.as_ptr(), flags, 0o600) };
+    if fd < 0 {
+        return Err(format!("cannot create {path}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `st` is a plain C struct that fstat fills; `fd` is open.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || (st.st_mode & libc::S_IFMT) != libc::S_IFREG {
+        close(fd);
+        return Err(format!("{path} is not a regular file; not tracing"));
+    }
+    if st.st_size > 0 {
+        let mut head = [0u8; 20];
+        // SAFETY: reads at most 20 bytes into `head`, which is 20 bytes long.
+        let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
+        if n < 8 || head[..8] != FILE_MAGIC {
+            close(fd);
+            return Err(format!("{path} exists and is not a memtrace trace; not overwriting it"));
+        }
+        let pid = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+        if n == 20 && pid == std::process::id() {
+            close(fd);
+            for k in 1..1000 {
+                let aside = format!("{path}.exec{k}");
+                if std::fs::symlink_metadata(&aside).is_err() {
+                    let _ = std::fs::rename(path, &aside);
+                    break;
+                }
+            }
+            return open_trace_file(path);
+        }
+        // SAFETY: `fd` is open for writing.
+        if unsafe { libc::ftruncate(fd, 0) } != 0 {
+            close(fd);
+            return Err(format!("cannot truncate {path}: {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(fd)
+}
+
+fn close(fd: i32) {
+    // SAFETY: closing a descriptor we opened; errors are irrelevant here.
+    unsafe { libc::close(fd) };
+}
+
+impl Sink {
+    /// Creates the trace file at `path`, writes `header` (exactly `HEADER_SIZE` bytes) and maps
+    /// the first step. Replaces any previous file of this sink (fork child).
+    pub fn open(&self, path: &str, header: &[u8]) -> Result<(), String> {
+        let _g = self.grow.lock();
+        let fd = open_trace_file(path)?;
+        let mut base = self.base.load(Ordering::Relaxed);
+        if base == 0 {
+            // SAFETY: a fresh PROT_NONE reservation; MAP_NORESERVE keeps it out of the commit charge.
+            let p = unsafe {
+                libc::mmap(
+                    core::ptr::null_mut(),
+                    RESERVE,
+                    libc::PROT_NONE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                close(fd);
+                return Err("cannot reserve address space for the trace".into());
+            }
+            base = p as usize;
+            self.base.store(base, Ordering::Relaxed);
+        } else {
+            // Fork child: drop the parent's file from our reservation without unreserving it.
+            let mapped = self.mapped.load(Ordering::Relaxed);
+            if mapped > 0 {
+                // SAFETY: [base, base+mapped) is inside our reservation; MAP_FIXED replaces the
+                // shared file mapping with inaccessible anonymous memory. No thread but this one
+                // exists in a fork child, and chunk pointers are invalidated by the epoch bump.
+                unsafe {
+                    libc::mmap(
+                        base as *mut libc::c_void,
+                        mapped,
+                        libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+            }
+            let old = self.fd.swap(-1, Ordering::Relaxed);
+            if old >= 0 {
+                close(old);
+            }
+        }
+        self.epoch.fetch_add(1, Ordering::Release);
+        self.mapped.store(0, Ordering::Relaxed);
+        self.fd.store(fd, Ordering::Relaxed);
+        self.grow_locked(FIRST_STEP)?;
+        // SAFETY: the first step (>= HEADER_SIZE bytes) is mapped at `base`, writable, and no
+        // other thread writes below HEADER_SIZE.
+        unsafe {
+            core::ptr::copy_nonoverlapping(header.as_ptr(), base as *mut u8, header.len().min(HEADER_SIZE));
+        }
+        self.next.store(HEADER_SIZE, Ordering::Release);
+        Ok(())
+    }
+
+    /// The current epoch; a [`Claim`] of another epoch must not be written.
+    #[inline]
+    pub fn epoch(&self) -> u32 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Claims `len` bytes (a multiple of the granule) for one thread's chunk. `Err` with a message
+    /// when the file cannot grow (disk full), `Ok(None)` after close.
+    pub fn claim(&self, len: usize) -> Result<Option<Claim>, String> {
+        let epoch = self.epoch();
+        let off = self.next.fetch_add(len, Ordering::AcqRel);
+        if off >= CLOSED {
+            return Ok(None);
+        }
+        let end = off + len;
+        if end > RESERVE {
+            return Err("the trace reached its maximum size (1 TiB); tracing stops".into());
+        }
+        if end > self.mapped.load(Ordering::Acquire) {
+            let _g = self.grow.lock();
+            if self.epoch() != epoch {
+                return Ok(None);
+            }
+            while self.mapped.load(Ordering::Relaxed) < end {
+                let mapped = self.mapped.load(Ordering::Relaxed);
+                self.grow_locked(mapped.clamp(FIRST_STEP, MAX_STEP))?;
+            }
+        }
+        let base = self.base.load(Ordering::Relaxed);
+        Ok(Some(Claim {
+            ptr: (base + off) as *mut u8,
+            len,
+            epoch,
+        }))
+    }
+
+    /// Extends the file by `step` bytes and maps them. Caller holds `grow`.
+    fn grow_locked(&self, step: usize) -> Result<(), String> {
+        let fd = self.fd.load(Ordering::Relaxed);
+        let base = self.base.load(Ordering::Relaxed);
+        let mapped = self.mapped.load(Ordering::Relaxed);
+        // SAFETY: `fd` is our open trace file; the range is new space at its end.
+        let rc = unsafe { libc::posix_fallocate(fd, mapped as libc::off_t, step as libc::off_t) };
+        if rc != 0 {
+            return Err(format!(
+                "cannot grow the trace file: {}; tracing stops, the program carries on",
+                std::io::Error::from_raw_os_error(rc)
+            ));
+        }
+        // SAFETY: [base+mapped, base+mapped+step) lies inside our reservation (claim checks
+        // RESERVE); MAP_FIXED replaces only our own PROT_NONE placeholder there, and the file
+        // range was just allocated, so touching the pages cannot SIGBUS.
+        let p = unsafe {
+            libc::mmap(
+                (base + mapped) as *mut libc::c_void,
+                step,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd,
+                mapped as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(format!(
+                "cannot map the trace file: {}; tracing stops",
+                std::io::Error::last_os_error()
+            ));
+        }
+        self.mapped.store(mapped + step, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stops all further claims and cuts the file to the claimed length. Chunks already claimed
+    /// stay mapped and writable (threads still running may finish their records).
+    pub fn close(&self) {
+        let _g = self.grow.lock();
+        let end = self.next.swap(CLOSED, Ordering::AcqRel);
+        if end >= CLOSED {
+            return;
+        }
+        let fd = self.fd.load(Ordering::Relaxed);
+        // SAFETY: `end` is at or past the end of every claimed chunk, so no mapped page that a
+        // thread may still touch lies beyond the new end of file.
+        unsafe { libc::ftruncate(fd, end as libc::off_t) };
+    }
+}
