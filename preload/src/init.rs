@@ -140,10 +140,13 @@ fn start() {
     let _ = CONFIG.set(config);
     clock::start();
     let changes = modules::rescan(true);
-    if let Err(msg) = SINK.open(&output, &header(None)) {
-        disable(&format!("{msg}; the program runs untraced"));
-        return;
-    }
+    let output = match SINK.open(&output, &header(None)) {
+        Ok(path) => path,
+        Err(msg) => {
+            disable(&format!("{msg}; the program runs untraced"));
+            return;
+        }
+    };
     if let Ok(mut o) = OUTPUT.lock() {
         *o = output.clone();
     }
@@ -231,7 +234,7 @@ extern "C" fn after_fork_child() {
             .map(|c| config::child_output(c, &parent, pid))
             .unwrap_or_else(|| format!("{parent}.{pid}"));
         match SINK.open(&child, &header(Some(parent))) {
-            Ok(()) => {
+            Ok(child) => {
                 if let Ok(mut o) = OUTPUT.lock() {
                     *o = child;
                 }

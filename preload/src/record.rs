@@ -87,22 +87,28 @@ fn stack_id(ts: &mut ThreadState) -> u32 {
     let Some(mut map) = modules::current() else {
         return 0;
     };
-    let mut n = stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-    let mut hash = hash_frames(&ts.frames[..n]);
-    if !ts.stacks.contains(hash) && has_unknown_frame(map, &ts.frames[..n]) && modules::changed_since_scan() {
+    stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
+    let mut hash = hash_frames(ts.frames.last());
+    if !ts.stacks.contains(hash)
+        && has_unknown_frame(map, ts.frames.last())
+        && modules::changed_since_scan()
+    {
         // A library loaded since the last scan: learn it, then unwind again with its tables.
         if let Some(changes) = modules::rescan(false) {
             modules_changed(&changes);
             if let Some(m) = modules::current() {
                 map = m;
             }
-            n = stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-            hash = hash_frames(&ts.frames[..n]);
+            ts.frames.clear();
+            stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
+            hash = hash_frames(ts.frames.last());
         }
     }
     let (id, new) = stacks::intern(&mut ts.stacks, hash);
     if new {
-        let frames: Vec<Frame> = ts.frames[..n]
+        let frames: Vec<Frame> = ts
+            .frames
+            .last()
             .iter()
             .map(|&a| match map.resolve(a) {
                 Some((module, offset)) => Frame { module, offset },

@@ -51,9 +51,13 @@ pub struct Claim {
 }
 
 /// Opens `path` for a new trace without following a symlink and without clobbering a file that is
-/// not a memtrace trace. A trace left by the image this process was before `exec` (same pid) is
-/// moved aside to `<path>.exec<N>` rather than overwritten.
-fn open_trace_file(path: &str) -> Result<i32, String> {
+/// not a memtrace trace. An existing trace is handled by who wrote it:
+/// - this very process, before an `exec`: moved aside to `<path>.exec<N>`;
+/// - another process that is still alive (a parent whose fork child exec'd): left alone, and this
+///   process writes `<path>.<pid>` instead;
+/// - a process that is gone (an earlier run): overwritten.
+/// Returns the descriptor and the path actually used.
+fn open_trace_file(path: &str) -> Result<(i32, String), String> {
     let cpath = CString::new(path).map_err(|_| format!("bad output path {path:?}"))?;
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     // SAFETY: `cpath` is a valid NUL-terminated string; open has no other preconditions.
@@ -76,8 +80,9 @@ fn open_trace_file(path: &str) -> Result<i32, String> {
             close(fd);
             return Err(format!("{path} exists and is not a memtrace trace; not overwriting it"));
         }
-        let pid = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
-        if n == 20 && pid == std::process::id() {
+        let writer = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
+        let me = std::process::id();
+        if n == 20 && writer == me {
             close(fd);
             for k in 1..1000 {
                 let aside = format!("{path}.exec{k}");
@@ -88,13 +93,26 @@ fn open_trace_file(path: &str) -> Result<i32, String> {
             }
             return open_trace_file(path);
         }
+        if n == 20 && process_alive(writer) {
+            close(fd);
+            return open_trace_file(&format!("{path}.{me}"));
+        }
         // SAFETY: `fd` is open for writing.
         if unsafe { libc::ftruncate(fd, 0) } != 0 {
             close(fd);
             return Err(format!("cannot truncate {path}: {}", std::io::Error::last_os_error()));
         }
     }
-    Ok(fd)
+    Ok((fd, path.to_owned()))
+}
+
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; it sends nothing.
+    let rc = unsafe { libc::kill(pid, 0) };
+    pid > 0 && (rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
 fn close(fd: i32) {
@@ -104,10 +122,11 @@ fn close(fd: i32) {
 
 impl Sink {
     /// Creates the trace file at `path`, writes `header` (exactly `HEADER_SIZE` bytes) and maps
-    /// the first step. Replaces any previous file of this sink (fork child).
-    pub fn open(&self, path: &str, header: &[u8]) -> Result<(), String> {
+    /// the first step. Replaces any previous file of this sink (fork child). Returns the path
+    /// actually written (see `open_trace_file`).
+    pub fn open(&self, path: &str, header: &[u8]) -> Result<String, String> {
         let _g = self.grow.lock();
-        let fd = open_trace_file(path)?;
+        let (fd, path) = open_trace_file(path)?;
         let mut base = self.base.load(Ordering::Relaxed);
         if base == 0 {
             // SAFETY: a fresh PROT_NONE reservation; MAP_NORESERVE keeps it out of the commit charge.
@@ -160,7 +179,7 @@ impl Sink {
             core::ptr::copy_nonoverlapping(header.as_ptr(), base as *mut u8, header.len().min(HEADER_SIZE));
         }
         self.next.store(HEADER_SIZE, Ordering::Release);
-        Ok(())
+        Ok(path)
     }
 
     /// The current epoch; a [`Claim`] of another epoch must not be written.

@@ -9,7 +9,7 @@ use crate::modules::ModuleMap;
 use crate::spin::SpinMutex;
 use core::hash::BuildHasherDefault;
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
-use framehop::{MayAllocateDuringUnwind, Unwinder};
+use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder};
 use std::collections::HashMap;
 
 /// Slots in each thread's recent-stacks cache (a power of two).
@@ -152,15 +152,53 @@ fn registers() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
-/// Captures the calling thread's stack into `out`, innermost first, starting at the first frame
-/// outside the tracer (the return address into the function that called malloc). Returns the
-/// number of frames written.
+/// The previous stack a thread captured, with the stack address each return address was read
+/// from: the memo that lets the next capture stop unwinding as soon as it reaches a frame that has
+/// not changed (DESIGN.md §4).
+pub struct Frames {
+    rets: [Box<[u64]>; 2],
+    slots: [Box<[u64]>; 2],
+    len: [usize; 2],
+    cur: usize,
+}
+
+impl Frames {
+    /// Room for `max` frames per stack.
+    pub fn new(max: usize) -> Frames {
+        let buf = || vec![0u64; max.max(1)].into_boxed_slice();
+        Frames {
+            rets: [buf(), buf()],
+            slots: [buf(), buf()],
+            len: [0, 0],
+            cur: 0,
+        }
+    }
+
+    /// The last captured stack, innermost first.
+    pub fn last(&self) -> &[u64] {
+        &self.rets[self.cur][..self.len[self.cur]]
+    }
+
+    /// Forgets the memo (fork child).
+    pub fn clear(&mut self) {
+        self.len = [0, 0];
+    }
+}
+
+/// Captures the calling thread's stack into `frames` (read it with [`Frames::last`]), innermost
+/// first, starting at the first frame outside the tracer: the return address into the function that
+/// called malloc. Returns the number of frames.
+///
+/// Most allocations repeat the outer part of the previous stack. Each return address is read from a
+/// stack slot; when a frame's slot and return address equal a frame of the previous capture, and
+/// every outer slot of that capture still holds the same return address, the outer frames are the
+/// same call chain and are copied instead of unwound.
 #[inline(never)]
 pub fn capture(
     map: &ModuleMap,
     cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
     stack_hi: u64,
-    out: &mut [u64],
+    frames: &mut Frames,
 ) -> usize {
     let (pc, sp, bp) = registers();
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
@@ -171,23 +209,56 @@ pub fn capture(
         // above the current stack pointer, which is live memory for the duration of this call.
         Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
     };
-    let mut frames = map
-        .unwinder
-        .iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read_stack);
+    let prev = frames.cur;
+    let prev_len = frames.len[prev];
+    let (rets_lo, rets_hi) = frames.rets.split_at_mut(1);
+    let (slots_lo, slots_hi) = frames.slots.split_at_mut(1);
+    let (out, out_slots, prev_rets, prev_slots) = if prev == 0 {
+        (&mut rets_hi[0], &mut slots_hi[0], &rets_lo[0], &slots_lo[0])
+    } else {
+        (&mut rets_lo[0], &mut slots_lo[0], &rets_hi[0], &slots_hi[0])
+    };
+    let max = out.len();
+    let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
+    let mut address = FrameAddress::from_instruction_pointer(pc);
     let mut n = 0;
-    let mut in_tracer = true;
-    while n < out.len() {
-        let Ok(Some(frame)) = frames.next() else { break };
-        let addr = frame.address();
-        if in_tracer {
-            if map.is_self(addr) {
-                continue;
-            }
-            in_tracer = false;
+    // Cursor into the previous capture, whose slots increase from inner to outer frames.
+    let mut j = 0;
+    while n < max {
+        let Ok(Some(ra)) = map.unwinder.unwind_frame(address, &mut regs, cache, &mut read_stack)
+        else {
+            break;
+        };
+        let Some(next_address) = FrameAddress::from_return_address(ra) else {
+            break;
+        };
+        address = next_address;
+        if n == 0 && map.is_self(ra) {
+            continue;
         }
-        out[n] = addr;
+        let slot = regs.sp().wrapping_sub(8);
+        out[n] = ra;
+        out_slots[n] = slot;
         n += 1;
+        while j < prev_len && prev_slots[j] < slot {
+            j += 1;
+        }
+        if j < prev_len && prev_slots[j] == slot && prev_rets[j] == ra {
+            let outer = j + 1..prev_len;
+            let unchanged = outer
+                .clone()
+                .all(|k| read_stack(prev_slots[k]) == Ok(prev_rets[k]));
+            if unchanged {
+                let take = (prev_len - j - 1).min(max - n);
+                out[n..n + take].copy_from_slice(&prev_rets[j + 1..j + 1 + take]);
+                out_slots[n..n + take].copy_from_slice(&prev_slots[j + 1..j + 1 + take]);
+                n += take;
+                break;
+            }
+        }
     }
+    frames.cur = 1 - prev;
+    frames.len[frames.cur] = n;
     n
 }
 

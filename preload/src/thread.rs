@@ -4,7 +4,7 @@
 //! The TLS slot is a `const`-initialized raw pointer (no lazy init, no TLS destructor: DESIGN.md §2).
 //! Thread exit is seen through a pthread key destructor, which glibc runs without allocating.
 
-use crate::stacks::StackCache;
+use crate::stacks::{Frames, StackCache};
 use crate::writer::ChunkWriter;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -19,8 +19,8 @@ pub struct ThreadState {
     pub unwind_cache: CacheX86_64<MayAllocateDuringUnwind>,
     /// Recently seen stacks and their ids.
     pub stacks: StackCache,
-    /// Scratch space for one stack's return addresses.
-    pub frames: Box<[u64]>,
+    /// The last captured stack, the unwinding memo.
+    pub frames: Frames,
     /// The thread's stack, `[lo, hi)`: the unwinder reads nothing outside it.
     pub stack_hi: u64,
     /// The sink epoch this state was last used with.
@@ -91,7 +91,7 @@ pub fn current(max_frames: usize) -> &'static mut ThreadState {
             writer: ChunkWriter::new(NEXT_THREAD.fetch_add(1, Ordering::Relaxed), gettid()),
             unwind_cache: CacheX86_64::new_in(),
             stacks: StackCache::new(),
-            frames: vec![0u64; max_frames].into_boxed_slice(),
+            frames: Frames::new(max_frames),
             stack_hi: stack_top(),
             epoch: crate::sink::SINK.epoch(),
         });
@@ -115,6 +115,7 @@ pub fn reset_for_child() {
     if let Some(state) = unsafe { p.as_mut() } {
         state.writer.reset(gettid());
         state.stacks.clear();
+        state.frames.clear();
         state.stack_hi = stack_top();
         state.epoch = crate::sink::SINK.epoch();
     }
