@@ -46,9 +46,19 @@ pub fn default_output(program: &str, pid: u32) -> String {
     let base = program.rsplit('/').next().unwrap_or(program);
     let base: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    let base = if base.is_empty() { "program".into() } else { base };
+    let base = if base.is_empty() {
+        "program".into()
+    } else {
+        base
+    };
     format!("memtrace.{base}.{pid}.bin")
 }
 
@@ -79,7 +89,9 @@ impl Config {
         let max_frames = max_frames
             .and_then(|m| m.trim().parse::<usize>().ok())
             .filter(|&m| m > 0)
-            .map_or(DEFAULT_MAX_FRAMES, |m| m.min(memtrace_format::record::MAX_FRAMES));
+            .map_or(DEFAULT_MAX_FRAMES, |m| {
+                m.min(memtrace_format::record::MAX_FRAMES)
+            });
         Config {
             output,
             output_pattern,

@@ -90,7 +90,11 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
 /// # Safety
 /// `ptr` is NULL or a live block.
 #[cfg_attr(not(test), unsafe(no_mangle))]
-pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, nmemb: size_t, size: size_t) -> *mut c_void {
+pub unsafe extern "C" fn reallocarray(
+    ptr: *mut c_void,
+    nmemb: size_t,
+    size: size_t,
+) -> *mut c_void {
     match nmemb.checked_mul(size) {
         // SAFETY: the caller's contract, passed on.
         Some(total) => unsafe { realloc(ptr, total) },
@@ -115,7 +119,11 @@ fn aligned(kind: AllocKind, size: size_t, p: *mut c_void) -> *mut c_void {
 /// # Safety
 /// `memptr` is valid for a pointer write.
 #[cfg_attr(not(test), unsafe(no_mangle))]
-pub unsafe extern "C" fn posix_memalign(memptr: *mut *mut c_void, align: size_t, size: size_t) -> c_int {
+pub unsafe extern "C" fn posix_memalign(
+    memptr: *mut *mut c_void,
+    align: size_t,
+    size: size_t,
+) -> c_int {
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }

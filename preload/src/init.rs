@@ -10,8 +10,8 @@ use crate::config::{self, Config};
 use crate::sink::SINK;
 use crate::{clock, guard, modules, record, stacks, thread};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use memtrace_format::encode::encode_file_header;
 use memtrace_format::Header;
+use memtrace_format::encode::encode_file_header;
 use std::sync::OnceLock;
 
 const UNINIT: u8 = 0;
@@ -58,7 +58,9 @@ fn libc_ready() -> bool {
 
 /// The configured frame cap.
 pub fn config_max_frames() -> usize {
-    CONFIG.get().map_or(config::DEFAULT_MAX_FRAMES, |c| c.max_frames)
+    CONFIG
+        .get()
+        .map_or(config::DEFAULT_MAX_FRAMES, |c| c.max_frames)
 }
 
 /// Says `msg` once on stderr (unless the process is exiting) and turns tracing off for good.
@@ -154,7 +156,11 @@ fn start() {
     // SAFETY: registering plain extern "C" handlers with no preconditions.
     unsafe {
         libc::atexit(on_exit);
-        libc::pthread_atfork(Some(before_fork), Some(after_fork_parent), Some(after_fork_child));
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        );
     }
     STATE.store(ACTIVE, Ordering::Release);
     if let Some(changes) = changes {

@@ -103,7 +103,11 @@ pub fn changed_since_scan() -> bool {
     }
 }
 
-unsafe extern "C" fn generation_cb(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+unsafe extern "C" fn generation_cb(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut c_void,
+) -> c_int {
     // SAFETY: dl_iterate_phdr passes a valid info of `size` bytes; `data` is the (u64, u64) we gave.
     unsafe {
         let out = &mut *(data as *mut (u64, u64));
@@ -142,7 +146,12 @@ pub fn rescan(wait: bool) -> Option<Changes> {
     };
     // SAFETY: the callback reads only what the loader hands it, while the loader holds its lock.
     unsafe { libc::dl_iterate_phdr(Some(scan_cb), (&mut scan as *mut Scan).cast()) };
-    let Scan { reg, added, adds, subs } = scan;
+    let Scan {
+        reg,
+        added,
+        adds,
+        subs,
+    } = scan;
     let mut removed = Vec::new();
     reg.known.retain(|k| {
         if !k.seen {
@@ -179,14 +188,22 @@ pub fn rescan(wait: bool) -> Option<Changes> {
     CURRENT.store(Box::into_raw(map), Ordering::Release);
     LAST_GENERATION.store(adds.wrapping_add(subs), Ordering::Relaxed);
     Some(Changes {
-        added: added.into_iter().map(|i| reg.known[i].info.clone()).collect(),
+        added: added
+            .into_iter()
+            .map(|i| reg.known[i].info.clone())
+            .collect(),
         removed,
     })
 }
 
 /// Every known module, for a fork child's new trace.
 pub fn all_infos() -> Vec<ModuleInfo> {
-    REGISTRY.lock().known.iter().map(|k| k.info.clone()).collect()
+    REGISTRY
+        .lock()
+        .known
+        .iter()
+        .map(|k| k.info.clone())
+        .collect()
 }
 
 /// Takes the lock for `fork` (released in both processes by [`after_fork`]).
@@ -212,7 +229,11 @@ const PT_NOTE: u32 = 4;
 const PT_GNU_EH_FRAME: u32 = 0x6474_e550;
 const NT_GNU_BUILD_ID: u32 = 3;
 
-unsafe extern "C" fn scan_cb(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+unsafe extern "C" fn scan_cb(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut c_void,
+) -> c_int {
     // SAFETY: dl_iterate_phdr passes a valid `info` and our `Scan` as `data`; the module's program
     // headers and its readable segments stay mapped while the loader runs this callback.
     unsafe {
@@ -227,7 +248,9 @@ unsafe extern "C" fn scan_cb(info: *mut libc::dl_phdr_info, size: usize, data: *
         let name = if info.dlpi_name.is_null() {
             String::new()
         } else {
-            CStr::from_ptr(info.dlpi_name).to_string_lossy().into_owned()
+            CStr::from_ptr(info.dlpi_name)
+                .to_string_lossy()
+                .into_owned()
         };
         let mut segments = Vec::new();
         let (mut start, mut end) = (u64::MAX, 0u64);
@@ -273,7 +296,9 @@ unsafe extern "C" fn scan_cb(info: *mut libc::dl_phdr_info, size: usize, data: *
         let framehop = phdrs
             .iter()
             .find(|p| p.p_type == PT_GNU_EH_FRAME)
-            .and_then(|hdr| framehop_module(&path, bias, start, end, hdr.p_vaddr, hdr.p_memsz, phdrs));
+            .and_then(|hdr| {
+                framehop_module(&path, bias, start, end, hdr.p_vaddr, hdr.p_memsz, phdrs)
+            });
         let id = scan.reg.next_id;
         scan.reg.next_id += 1;
         scan.reg.known.push(Known {
@@ -422,7 +447,10 @@ mod tests {
         rescan(true).expect("a waiting scan always runs");
         let infos = all_infos();
         assert!(infos.len() >= 2, "the test binary and libc at least");
-        assert!(infos.iter().any(|m| m.path.contains("libc.so")), "{infos:?}");
+        assert!(
+            infos.iter().any(|m| m.path.contains("libc.so")),
+            "{infos:?}"
+        );
         let map = current().unwrap();
         let here = this_process_scans as *const () as u64;
         assert!(map.resolve(here).is_some());

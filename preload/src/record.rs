@@ -49,14 +49,20 @@ pub fn realloc(old: usize, size: usize, new: usize) {
 pub fn free(addr: usize) {
     let ts = state();
     let time = clock::now();
-    check(ts.writer.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
+    check(
+        ts.writer
+            .write(time, |buf, st| encode_free(buf, st, time, addr as u64)),
+    );
 }
 
 /// Records a named point.
 pub fn mark(label: &[u8]) {
     let ts = state();
     let time = clock::now();
-    check(ts.writer.write(time, |buf, st| encode_mark(buf, st, time, label)));
+    check(
+        ts.writer
+            .write(time, |buf, st| encode_mark(buf, st, time, label)),
+    );
 }
 
 /// Records the end of the process.
@@ -71,11 +77,17 @@ pub fn modules_changed(changes: &modules::Changes) {
     let ts = state();
     for info in &changes.added {
         let payload = module_payload(info);
-        check(ts.writer.write(ts.writer.last_time, |buf, _| encode_module(buf, &payload)));
+        check(
+            ts.writer
+                .write(ts.writer.last_time, |buf, _| encode_module(buf, &payload)),
+        );
     }
     for &id in &changes.removed {
         let time = clock::now();
-        check(ts.writer.write(time, |buf, st| encode_module_unload(buf, st, time, id)));
+        check(
+            ts.writer
+                .write(time, |buf, st| encode_module_unload(buf, st, time, id)),
+        );
     }
 }
 
@@ -112,7 +124,10 @@ fn stack_id(ts: &mut ThreadState) -> u32 {
             .iter()
             .map(|&a| match map.resolve(a) {
                 Some((module, offset)) => Frame { module, offset },
-                None => Frame { module: 0, offset: a },
+                None => Frame {
+                    module: 0,
+                    offset: a,
+                },
             })
             .collect();
         let t = ts.writer.last_time;

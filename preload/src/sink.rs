@@ -63,7 +63,10 @@ fn open_trace_file(path: &str) -> Result<(i32, String), String> {
     // SAFETY: `cpath` is a valid NUL-terminated string; open has no other preconditions.
     let fd = unsafe { libc::open(cpath.as_ptr(), flags, 0o600) };
     if fd < 0 {
-        return Err(format!("cannot create {path}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "cannot create {path}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: `st` is a plain C struct that fstat fills; `fd` is open.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
@@ -78,7 +81,9 @@ fn open_trace_file(path: &str) -> Result<(i32, String), String> {
         let n = unsafe { libc::pread(fd, head.as_mut_ptr().cast(), head.len(), 0) };
         if n < 8 || head[..8] != FILE_MAGIC {
             close(fd);
-            return Err(format!("{path} exists and is not a memtrace trace; not overwriting it"));
+            return Err(format!(
+                "{path} exists and is not a memtrace trace; not overwriting it"
+            ));
         }
         let writer = u32::from_le_bytes([head[16], head[17], head[18], head[19]]);
         let me = std::process::id();
@@ -100,7 +105,10 @@ fn open_trace_file(path: &str) -> Result<(i32, String), String> {
         // SAFETY: `fd` is open for writing.
         if unsafe { libc::ftruncate(fd, 0) } != 0 {
             close(fd);
-            return Err(format!("cannot truncate {path}: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot truncate {path}: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     }
     Ok((fd, path.to_owned()))
@@ -158,7 +166,10 @@ impl Sink {
                         base as *mut libc::c_void,
                         mapped,
                         libc::PROT_NONE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                        libc::MAP_PRIVATE
+                            | libc::MAP_ANONYMOUS
+                            | libc::MAP_NORESERVE
+                            | libc::MAP_FIXED,
                         -1,
                         0,
                     )
@@ -176,7 +187,11 @@ impl Sink {
         // SAFETY: the first step (>= HEADER_SIZE bytes) is mapped at `base`, writable, and no
         // other thread writes below HEADER_SIZE.
         unsafe {
-            core::ptr::copy_nonoverlapping(header.as_ptr(), base as *mut u8, header.len().min(HEADER_SIZE));
+            core::ptr::copy_nonoverlapping(
+                header.as_ptr(),
+                base as *mut u8,
+                header.len().min(HEADER_SIZE),
+            );
         }
         self.next.store(HEADER_SIZE, Ordering::Release);
         Ok(path)

@@ -225,7 +225,9 @@ pub fn capture(
     // Cursor into the previous capture, whose slots increase from inner to outer frames.
     let mut j = 0;
     while n < max {
-        let Ok(Some(ra)) = map.unwinder.unwind_frame(address, &mut regs, cache, &mut read_stack)
+        let Ok(Some(ra)) = map
+            .unwinder
+            .unwind_frame(address, &mut regs, cache, &mut read_stack)
         else {
             break;
         };
@@ -305,7 +307,11 @@ mod tests {
 
     /// `capture` without cutting: the test binary is the tracer's own module.
     #[inline(never)]
-    fn capture_all(map: &ModuleMap, cache: &mut CacheX86_64<MayAllocateDuringUnwind>, out: &mut [u64]) -> usize {
+    fn capture_all(
+        map: &ModuleMap,
+        cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
+        out: &mut [u64],
+    ) -> usize {
         let (pc, sp, bp) = registers();
         let mut read = |addr: u64| -> Result<u64, ()> {
             if addr < sp || addr % 8 != 0 || addr > sp + (1 << 20) {
@@ -314,7 +320,9 @@ mod tests {
             // SAFETY: test only: within 1 MiB above sp on the test thread's 2 MiB+ stack.
             Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
         };
-        let mut it = map.unwinder.iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read);
+        let mut it =
+            map.unwinder
+                .iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read);
         let mut n = 0;
         while n < out.len() {
             let Ok(Some(f)) = it.next() else { break };

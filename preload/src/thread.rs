@@ -8,8 +8,8 @@ use crate::stacks::{Frames, StackCache};
 use crate::writer::ChunkWriter;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU32, Ordering};
-use framehop::x86_64::CacheX86_64;
 use framehop::MayAllocateDuringUnwind;
+use framehop::x86_64::CacheX86_64;
 
 /// Everything one thread of the traced program needs inside the tracer.
 pub struct ThreadState {
@@ -44,7 +44,9 @@ pub fn init_key() {
 }
 
 unsafe extern "C" fn on_thread_exit(p: *mut libc::c_void) {
-    let Some(_g) = crate::guard::enter() else { return };
+    let Some(_g) = crate::guard::enter() else {
+        return;
+    };
     STATE.with(|s| {
         if s.get() == p.cast() {
             s.set(core::ptr::null_mut());

@@ -1,0 +1,146 @@
+//! The compatibility contract: a fixed trace encoded by this crate must equal the checked-in bytes of
+//! `tests/data/v1-basic.bin`, and those bytes must decode to the same records. Set
+//! `MEMTRACE_BLESS=1` to rewrite the file after a deliberate format change (which also needs a version
+//! bump, FORMAT.md §7).
+
+use memtrace_format::builder::TraceBuilder;
+use memtrace_format::{AllocKind, Frame, Header, ModuleInfo, Record, Segment, Trace};
+
+fn records() -> Vec<(u32, Record)> {
+    vec![
+        (
+            1,
+            Record::Module(ModuleInfo {
+                id: 1,
+                path: "/usr/bin/example".into(),
+                bias: 0x5555_5555_0000,
+                segments: vec![Segment {
+                    vaddr: 0x1000,
+                    memsz: 0x2000,
+                    flags: 5,
+                }],
+                build_id: vec![0xab, 0xcd],
+            }),
+        ),
+        (
+            1,
+            Record::Stack {
+                id: 1,
+                frames: vec![
+                    Frame {
+                        module: 1,
+                        offset: 0x1234,
+                    },
+                    Frame {
+                        module: 0,
+                        offset: 0x7fff_0000,
+                    },
+                ],
+            },
+        ),
+        (
+            1,
+            Record::Alloc {
+                time: 100,
+                kind: AllocKind::Malloc,
+                stack: 1,
+                size: 64,
+                addr: 0x5555_6000_0010,
+            },
+        ),
+        (
+            2,
+            Record::Alloc {
+                time: 150,
+                kind: AllocKind::Calloc,
+                stack: 1,
+                size: 30,
+                addr: 0x5555_6000_0100,
+            },
+        ),
+        (
+            1,
+            Record::Realloc {
+                time: 200,
+                stack: 1,
+                size: 128,
+                old: 0x5555_6000_0010,
+                new: 0x5555_6000_0200,
+            },
+        ),
+        (
+            2,
+            Record::Free {
+                time: 250,
+                addr: 0x5555_6000_0100,
+            },
+        ),
+        (
+            1,
+            Record::Mark {
+                time: 300,
+                label: "before".into(),
+            },
+        ),
+        (
+            2,
+            Record::ThreadName {
+                name: "worker".into(),
+            },
+        ),
+        (2, Record::ModuleUnload { time: 350, id: 1 }),
+        (1, Record::End { time: 400 }),
+    ]
+}
+
+fn header() -> Header {
+    Header {
+        pid: 4242,
+        ppid: 1,
+        executable: "/usr/bin/example".into(),
+        cmdline: vec!["example".into(), "--flag".into()],
+        start_unix_ns: 1_700_000_000_000_000_000,
+        parent_trace: None,
+        tool_version: "golden".into(),
+    }
+}
+
+#[test]
+fn v1_basic_matches_checked_in_bytes() {
+    let mut b = TraceBuilder::new(&header());
+    for (thread, r) in records() {
+        b.push(thread, &r);
+    }
+    let bytes = b.finish();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-basic.bin");
+    if std::env::var_os("MEMTRACE_BLESS").is_some() {
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let golden =
+        std::fs::read(&path).expect("tests/data/v1-basic.bin (MEMTRACE_BLESS=1 creates it)");
+    assert!(
+        bytes == golden,
+        "the encoding changed: if deliberate, bump FORMAT_VERSION and re-bless with MEMTRACE_BLESS=1"
+    );
+    let trace = Trace::from_bytes(golden, "v1-basic.bin").unwrap();
+    assert_eq!(trace.header(), &header());
+    let got: Vec<(u32, Record)> = trace.records().map(|r| (r.thread, r.record)).collect();
+    // Merged by time: untimed records take their thread's time, so compare per thread.
+    for t in [1, 2] {
+        let want: Vec<&Record> = records()
+            .iter()
+            .filter(|(th, _)| *th == t)
+            .map(|(_, r)| r)
+            .cloned()
+            .collect::<Vec<_>>()
+            .leak()
+            .iter()
+            .collect();
+        let have: Vec<&Record> = got
+            .iter()
+            .filter(|(th, _)| *th == t)
+            .map(|(_, r)| r)
+            .collect();
+        assert_eq!(have, want, "thread {t}");
+    }
+}
