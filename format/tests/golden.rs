@@ -127,19 +127,15 @@ fn v1_basic_matches_checked_in_bytes() {
     let got: Vec<(u32, Record)> = trace.records().map(|r| (r.thread, r.record)).collect();
     // Merged by time: untimed records take their thread's time, so compare per thread.
     for t in [1, 2] {
-        let want: Vec<&Record> = records()
-            .iter()
+        let want: Vec<Record> = records()
+            .into_iter()
             .filter(|(th, _)| *th == t)
             .map(|(_, r)| r)
-            .cloned()
-            .collect::<Vec<_>>()
-            .leak()
-            .iter()
             .collect();
-        let have: Vec<&Record> = got
+        let have: Vec<Record> = got
             .iter()
             .filter(|(th, _)| *th == t)
-            .map(|(_, r)| r)
+            .map(|(_, r)| r.clone())
             .collect();
         assert_eq!(have, want, "thread {t}");
     }

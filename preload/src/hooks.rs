@@ -175,6 +175,7 @@ pub extern "C" fn _exit(status: c_int) -> ! {
 
 /// Interposes `_Exit`, which is `_exit`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
+#[allow(non_snake_case)]
 pub extern "C" fn _Exit(status: c_int) -> ! {
     init::on_underscore_exit();
     real::exit_now(status)

@@ -5,7 +5,7 @@
 //! parts live in the modules it calls.
 
 use crate::modules::{self, ModuleMap};
-use crate::stacks::{self, hash_frames};
+use crate::stacks;
 use crate::thread::{self, ThreadState};
 use crate::writer::WriteError;
 use crate::{clock, init};
@@ -100,9 +100,9 @@ fn stack_id(ts: &mut ThreadState) -> u32 {
         return 0;
     };
     stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-    let mut hash = hash_frames(ts.frames.last());
+    let mut hash = ts.frames.hash();
     if !ts.stacks.contains(hash)
-        && has_unknown_frame(map, ts.frames.last())
+        && has_unknown_frame(map, ts.frames.outermost_first())
         && modules::changed_since_scan()
     {
         // A library loaded since the last scan: learn it, then unwind again with its tables.
@@ -113,15 +113,16 @@ fn stack_id(ts: &mut ThreadState) -> u32 {
             }
             ts.frames.clear();
             stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-            hash = hash_frames(ts.frames.last());
+            hash = ts.frames.hash();
         }
     }
     let (id, new) = stacks::intern(&mut ts.stacks, hash);
     if new {
         let frames: Vec<Frame> = ts
             .frames
-            .last()
+            .outermost_first()
             .iter()
+            .rev()
             .map(|&a| match map.resolve(a) {
                 Some((module, offset)) => Frame { module, offset },
                 None => Frame {

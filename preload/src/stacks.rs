@@ -79,21 +79,6 @@ static TABLE: SpinMutex<Table> = SpinMutex::new(Table {
     next_id: 1,
 });
 
-/// A 64-bit hash of a stack; never 0 (0 marks an empty cache slot).
-pub fn hash_frames(frames: &[u64]) -> u64 {
-    let mut h = frames.len() as u64;
-    for &f in frames {
-        h = (h.rotate_left(5) ^ f).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-    // Final avalanche (murmur3's fmix64) so the low bits used by the cache are well mixed.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h.max(1)
-}
-
 /// The id of the stack with hash `hash`, and whether it is new to the process (its definition must
 /// then be written).
 pub fn intern(cache: &mut StackCache, hash: u64) -> (u32, bool) {
@@ -152,47 +137,106 @@ fn registers() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
-/// The previous stack a thread captured, with the stack address each return address was read
-/// from: the memo that lets the next capture stop unwinding as soon as it reaches a frame that has
-/// not changed (DESIGN.md §4).
+/// The stack a thread captured last, kept as the memo that lets the next capture stop unwinding as
+/// soon as it reaches a frame that has not changed (DESIGN.md §4).
+///
+/// Frames are stored outermost first, so the part two consecutive stacks share (the outer frames) stays
+/// in place and only the inner frames are rewritten; next to each return address is the stack slot it
+/// was read from and the hash of the stack up to and including it.
 pub struct Frames {
-    rets: [Box<[u64]>; 2],
-    slots: [Box<[u64]>; 2],
-    len: [usize; 2],
-    cur: usize,
+    rets: Box<[u64]>,
+    slots: Box<[u64]>,
+    hashes: Box<[u64]>,
+    len: usize,
+    /// Scratch for the inner frames of a capture, innermost first: (return address, slot).
+    scratch: Box<[(u64, u64)]>,
 }
 
 impl Frames {
     /// Room for `max` frames per stack.
     pub fn new(max: usize) -> Frames {
-        let buf = || vec![0u64; max.max(1)].into_boxed_slice();
+        let max = max.max(1);
         Frames {
-            rets: [buf(), buf()],
-            slots: [buf(), buf()],
-            len: [0, 0],
-            cur: 0,
+            rets: vec![0; max].into_boxed_slice(),
+            slots: vec![0; max].into_boxed_slice(),
+            hashes: vec![0; max].into_boxed_slice(),
+            len: 0,
+            scratch: vec![(0, 0); max].into_boxed_slice(),
         }
     }
 
-    /// The last captured stack, innermost first.
-    pub fn last(&self) -> &[u64] {
-        &self.rets[self.cur][..self.len[self.cur]]
+    /// The last captured stack, outermost first.
+    pub fn outermost_first(&self) -> &[u64] {
+        &self.rets[..self.len]
     }
 
-    /// Forgets the memo (fork child).
+    /// The hash of the last captured stack; never 0.
+    pub fn hash(&self) -> u64 {
+        match self.len {
+            0 => 1,
+            n => finish_hash(self.hashes[n - 1], n),
+        }
+    }
+
+    /// Forgets the memo (fork child, module rescan).
     pub fn clear(&mut self) {
-        self.len = [0, 0];
+        self.len = 0;
+    }
+
+    /// Keeps the first `keep` (outermost) frames and appends `inner` (innermost first).
+    fn splice(&mut self, keep: usize, inner: usize) {
+        let mut h = if keep == 0 { 0 } else { self.hashes[keep - 1] };
+        let mut at = keep;
+        for &(ret, slot) in self.scratch[..inner].iter().rev() {
+            if at == self.rets.len() {
+                break;
+            }
+            h = hash_step(h, ret);
+            self.rets[at] = ret;
+            self.slots[at] = slot;
+            self.hashes[at] = h;
+            at += 1;
+        }
+        self.len = at;
     }
 }
 
-/// Captures the calling thread's stack into `frames` (read it with [`Frames::last`]), innermost
-/// first, starting at the first frame outside the tracer: the return address into the function that
-/// called malloc. Returns the number of frames.
+#[inline]
+fn hash_step(h: u64, ret: u64) -> u64 {
+    (h.rotate_left(5) ^ ret).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+#[inline]
+fn finish_hash(mut h: u64, len: usize) -> u64 {
+    // murmur3's fmix64 over the running hash and the length, so the low bits (the thread cache's
+    // index) are well mixed.
+    h ^= len as u64;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h.max(1)
+}
+
+/// The hash of a stack given outermost first, as [`Frames::hash`] computes it.
+#[cfg(test)]
+fn hash_frames(outermost_first: &[u64]) -> u64 {
+    let h = outermost_first.iter().fold(0, |h, &r| hash_step(h, r));
+    if outermost_first.is_empty() {
+        1
+    } else {
+        finish_hash(h, outermost_first.len())
+    }
+}
+
+/// Captures the calling thread's stack into `frames`, starting at the first frame outside the
+/// tracer: the return address into the function that called malloc. Returns the number of frames.
 ///
 /// Most allocations repeat the outer part of the previous stack. Each return address is read from a
 /// stack slot; when a frame's slot and return address equal a frame of the previous capture, and
 /// every outer slot of that capture still holds the same return address, the outer frames are the
-/// same call chain and are copied instead of unwound.
+/// same call chain and are kept instead of unwound.
 #[inline(never)]
 pub fn capture(
     map: &ModuleMap,
@@ -209,21 +253,13 @@ pub fn capture(
         // above the current stack pointer, which is live memory for the duration of this call.
         Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
     };
-    let prev = frames.cur;
-    let prev_len = frames.len[prev];
-    let (rets_lo, rets_hi) = frames.rets.split_at_mut(1);
-    let (slots_lo, slots_hi) = frames.slots.split_at_mut(1);
-    let (out, out_slots, prev_rets, prev_slots) = if prev == 0 {
-        (&mut rets_hi[0], &mut slots_hi[0], &rets_lo[0], &slots_lo[0])
-    } else {
-        (&mut rets_lo[0], &mut slots_lo[0], &rets_hi[0], &slots_hi[0])
-    };
-    let max = out.len();
+    let max = frames.rets.len();
     let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
     let mut address = FrameAddress::from_instruction_pointer(pc);
     let mut n = 0;
-    // Cursor into the previous capture, whose slots increase from inner to outer frames.
-    let mut j = 0;
+    // Cursor into the previous capture from its innermost frame outward (decreasing index), where
+    // slots increase.
+    let mut k = frames.len;
     while n < max {
         let Ok(Some(ra)) = map
             .unwinder
@@ -239,29 +275,23 @@ pub fn capture(
             continue;
         }
         let slot = regs.sp().wrapping_sub(8);
-        out[n] = ra;
-        out_slots[n] = slot;
+        frames.scratch[n] = (ra, slot);
         n += 1;
-        while j < prev_len && prev_slots[j] < slot {
-            j += 1;
+        while k > 0 && frames.slots[k - 1] < slot {
+            k -= 1;
         }
-        if j < prev_len && prev_slots[j] == slot && prev_rets[j] == ra {
-            let outer = j + 1..prev_len;
-            let unchanged = outer
-                .clone()
-                .all(|k| read_stack(prev_slots[k]) == Ok(prev_rets[k]));
+        if k > 0 && frames.slots[k - 1] == slot && frames.rets[k - 1] == ra {
+            let outer = k - 1;
+            let unchanged = (0..outer).all(|i| read_stack(frames.slots[i]) == Ok(frames.rets[i]));
             if unchanged {
-                let take = (prev_len - j - 1).min(max - n);
-                out[n..n + take].copy_from_slice(&prev_rets[j + 1..j + 1 + take]);
-                out_slots[n..n + take].copy_from_slice(&prev_slots[j + 1..j + 1 + take]);
-                n += take;
-                break;
+                // Frames [0, outer) stay; the matched frame and the new inner ones follow.
+                frames.splice(outer, n);
+                return frames.len;
             }
         }
     }
-    frames.cur = 1 - prev;
-    frames.len[frames.cur] = n;
-    n
+    frames.splice(0, n);
+    frames.len
 }
 
 #[cfg(test)]
@@ -290,45 +320,70 @@ mod tests {
     }
 
     #[test]
-    fn capture_walks_this_test() {
+    fn splice_keeps_the_outer_part_and_its_hashes() {
+        let mut f = Frames::new(8);
+        f.scratch[..3].copy_from_slice(&[(30, 3), (20, 2), (10, 1)]); // innermost first
+        f.splice(0, 3);
+        assert_eq!(f.outermost_first(), &[10, 20, 30]);
+        assert_eq!(f.hash(), hash_frames(&[10, 20, 30]));
+        f.scratch[..2].copy_from_slice(&[(40, 3), (20, 2)]);
+        f.splice(1, 2);
+        assert_eq!(f.outermost_first(), &[10, 20, 40]);
+        assert_eq!(f.hash(), hash_frames(&[10, 20, 40]));
+    }
+
+    /// Captures from the same call sites give the same stacks whether the memo is used or not.
+    #[test]
+    fn memo_gives_the_same_stack_as_a_full_unwind() {
         crate::modules::rescan(true);
-        let map = crate::modules::current().unwrap();
+        let map = &crate::modules::current().unwrap().without_self();
         let mut cache = CacheX86_64::new_in();
-        let mut out = [0u64; 64];
-        // In the unit-test binary the "tracer" is the whole test executable, so nothing is cut
-        // but nothing is outside either: check that unwinding itself yields a deep stack.
-        let n = capture_all(map, &mut cache, &mut out);
-        assert!(n >= 4, "only {n} frames");
+        let hi = stack_hi_for_test();
+        let mut memo = Frames::new(64);
+        let mut full = Frames::new(64);
+        let mut seen = Vec::new();
+        for i in 0..4 {
+            nested(3 + i % 2, &mut || {
+                full.clear();
+                capture(map, &mut cache, hi, &mut full);
+                capture(map, &mut cache, hi, &mut memo);
+                seen.push((
+                    full.outermost_first().to_vec(),
+                    memo.outermost_first().to_vec(),
+                ));
+            });
+        }
+        for (full, memo) in &seen {
+            assert!(full.len() >= 6, "{full:x?}");
+            // The innermost frames are the two different call sites of `capture` above.
+            assert_eq!(full[..full.len() - 1], memo[..memo.len() - 1]);
+            assert_eq!(full.len(), memo.len());
+        }
+        assert_ne!(
+            seen[0].0, seen[1].0,
+            "different depths give different stacks"
+        );
+        assert_eq!(seen[0].0, seen[2].0);
         // Every frame resolves to a module of this process.
-        for &f in &out[..n] {
+        for &f in &seen[0].0 {
             assert!(map.resolve(f).is_some(), "{f:#x}");
         }
     }
 
-    /// `capture` without cutting: the test binary is the tracer's own module.
     #[inline(never)]
-    fn capture_all(
-        map: &ModuleMap,
-        cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
-        out: &mut [u64],
-    ) -> usize {
-        let (pc, sp, bp) = registers();
-        let mut read = |addr: u64| -> Result<u64, ()> {
-            if addr < sp || addr % 8 != 0 || addr > sp + (1 << 20) {
-                return Err(());
-            }
-            // SAFETY: test only: within 1 MiB above sp on the test thread's 2 MiB+ stack.
-            Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
-        };
-        let mut it =
-            map.unwinder
-                .iter_frames(pc, UnwindRegsX86_64::new(pc, sp, bp), cache, &mut read);
-        let mut n = 0;
-        while n < out.len() {
-            let Ok(Some(f)) = it.next() else { break };
-            out[n] = f.address();
-            n += 1;
+    fn nested(depth: u32, f: &mut dyn FnMut()) {
+        if depth == 0 {
+            f();
+        } else {
+            nested(depth - 1, f);
         }
-        n
+        core::hint::black_box(depth);
+    }
+
+    /// A bound for the unwinder's stack reads in tests: 256 KiB above a local of the test thread
+    /// (whose stack is 2 MiB), enough for the test's frames.
+    fn stack_hi_for_test() -> u64 {
+        let local = 0u64;
+        core::hint::black_box(&local) as *const u64 as u64 + (256 << 10)
     }
 }
