@@ -19,7 +19,7 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Option<ChunkHeader> {
     let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
     let len = u32_at(4);
     let lenz = len as usize;
-    if lenz < GRANULE || lenz % GRANULE != 0 || lenz > MAX_CHUNK_SIZE {
+    if lenz < GRANULE || !lenz.is_multiple_of(GRANULE) || lenz > MAX_CHUNK_SIZE {
         return None;
     }
     let mut base = [0u8; 8];

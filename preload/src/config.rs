@@ -17,6 +17,8 @@ pub struct Config {
     pub quiet: bool,
     /// At most this many native frames per stack.
     pub max_frames: usize,
+    /// The program's name (argv[0]), for default file names.
+    pub program: String,
 }
 
 /// Expands `%p` to `pid` and `%%` to `%`.
@@ -62,12 +64,14 @@ pub fn default_output(program: &str, pid: u32) -> String {
     format!("memtrace.{base}.{pid}.bin")
 }
 
-/// The output path of a child created by `fork`: the pattern expanded again when it has `%p`,
-/// else the parent's file name with `.<child pid>` added.
+/// The output path of a child created by `fork`: the pattern expanded again when it has `%p`, the
+/// default name with the child's pid when no `MEMTRACE_OUTPUT` was given, else the parent's file
+/// name with `.<child pid>` added.
 pub fn child_output(config: &Config, parent_output: &str, pid: u32) -> String {
     match &config.output_pattern {
         Some(p) if p.contains("%p") => expand_pattern(p, pid),
-        _ => format!("{parent_output}.{pid}"),
+        Some(_) => format!("{parent_output}.{pid}"),
+        None => default_output(&config.program, pid),
     }
 }
 
@@ -97,6 +101,7 @@ impl Config {
             output_pattern,
             quiet,
             max_frames,
+            program: program.to_owned(),
         }
     }
 }
@@ -116,6 +121,10 @@ mod tests {
     fn defaults() {
         let c = Config::from_env(None, None, None, "/usr/bin/python3.11", 9);
         assert_eq!(c.output, "memtrace.python3.11.9.bin");
+        assert_eq!(
+            child_output(&c, &c.output, 10),
+            "memtrace.python3.11.10.bin"
+        );
         assert!(!c.quiet);
         assert_eq!(c.max_frames, DEFAULT_MAX_FRAMES);
     }

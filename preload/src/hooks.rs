@@ -20,15 +20,15 @@ fn errno_location() -> *mut c_int {
 /// Runs `f` inside the tracer if tracing is on and this thread is not already inside it.
 #[inline(always)]
 fn trace(f: impl FnOnce()) {
-    if let Some(_g) = guard::enter() {
-        if init::ensure_started() {
-            let errno = errno_location();
-            // SAFETY: `errno` points at this thread's errno, valid for the thread's lifetime.
-            let saved = unsafe { *errno };
-            f();
-            // SAFETY: as above.
-            unsafe { *errno = saved };
-        }
+    if let Some(_g) = guard::enter()
+        && init::ensure_started()
+    {
+        let errno = errno_location();
+        // SAFETY: `errno` points at this thread's errno, valid for the thread's lifetime.
+        let saved = unsafe { *errno };
+        f();
+        // SAFETY: as above.
+        unsafe { *errno = saved };
     }
 }
 
@@ -124,7 +124,7 @@ pub unsafe extern "C" fn posix_memalign(
     align: size_t,
     size: size_t,
 ) -> c_int {
-    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(core::mem::size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     let errno = errno_location();

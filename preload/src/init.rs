@@ -201,20 +201,20 @@ static DESTRUCTOR: extern "C" fn() = destructor;
 
 extern "C" fn on_exit() {
     EXITING.store(true, Ordering::Relaxed);
-    if let Some(_g) = guard::enter() {
-        if active() {
-            record::end();
-        }
+    if let Some(_g) = guard::enter()
+        && active()
+    {
+        record::end();
     }
 }
 
 /// `_exit` / `_Exit`: the process ends now; record the end (everything else is already on file).
 pub fn on_underscore_exit() {
     EXITING.store(true, Ordering::Relaxed);
-    if let Some(_g) = guard::enter() {
-        if active() {
-            record::end();
-        }
+    if let Some(_g) = guard::enter()
+        && active()
+    {
+        record::end();
     }
 }
 

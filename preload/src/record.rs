@@ -26,6 +26,7 @@ fn check(result: Result<(), WriteError>) {
 }
 
 /// Records an allocation that returned `addr`.
+#[inline(always)]
 pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
     let ts = state();
     let stack = stack_id(ts);
@@ -36,6 +37,7 @@ pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
 }
 
 /// Records a realloc of `old` (0 for none) that returned `new`.
+#[inline(always)]
 pub fn realloc(old: usize, size: usize, new: usize) {
     let ts = state();
     let stack = stack_id(ts);
@@ -92,19 +94,30 @@ pub fn modules_changed(changes: &modules::Changes) {
 }
 
 /// The id of the calling thread's current stack, defining it in the trace if it is new.
+///
+/// Inlined, with `stacks::capture`, into each hook: the unwinder then has a single frame of the
+/// tracer to step over before it reaches the program's code.
+#[inline(always)]
 fn stack_id(ts: &mut ThreadState) -> u32 {
     if ts.epoch != crate::sink::SINK.epoch() {
         thread::reset_for_child();
     }
-    let Some(mut map) = modules::current() else {
+    let Some(map) = modules::current() else {
         return 0;
     };
     stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-    let mut hash = ts.frames.hash();
-    if !ts.stacks.contains(hash)
-        && has_unknown_frame(map, ts.frames.outermost_first())
-        && modules::changed_since_scan()
-    {
+    let hash = ts.frames.hash();
+    match ts.stacks.get(hash) {
+        Some(id) => id,
+        None => new_stack(ts, map, hash),
+    }
+}
+
+/// The slow path of [`stack_id`]: a stack this thread has not seen recently.
+#[inline(never)]
+#[cold]
+fn new_stack(ts: &mut ThreadState, mut map: &'static ModuleMap, mut hash: u64) -> u32 {
+    if has_unknown_frame(map, ts.frames.outermost_first()) && modules::changed_since_scan() {
         // A library loaded since the last scan: learn it, then unwind again with its tables.
         if let Some(changes) = modules::rescan(false) {
             modules_changed(&changes);

@@ -56,6 +56,7 @@ pub struct Claim {
 /// - another process that is still alive (a parent whose fork child exec'd): left alone, and this
 ///   process writes `<path>.<pid>` instead;
 /// - a process that is gone (an earlier run): overwritten.
+///
 /// Returns the descriptor and the path actually used.
 fn open_trace_file(path: &str) -> Result<(i32, String), String> {
     let cpath = CString::new(path).map_err(|_| format!("bad output path {path:?}"))?;

@@ -33,14 +33,9 @@ impl StackCache {
         self.slots.fill((0, 0));
     }
 
-    /// Whether this thread saw the stack recently.
+    /// The id of a stack this thread saw recently.
     #[inline]
-    pub fn contains(&self, hash: u64) -> bool {
-        self.get(hash).is_some()
-    }
-
-    #[inline]
-    fn get(&self, hash: u64) -> Option<u32> {
+    pub fn get(&self, hash: u64) -> Option<u32> {
         let (h, id) = self.slots[(hash as usize) & (CACHE_SLOTS - 1)];
         (h == hash).then_some(id)
     }
@@ -237,7 +232,7 @@ fn hash_frames(outermost_first: &[u64]) -> u64 {
 /// stack slot; when a frame's slot and return address equal a frame of the previous capture, and
 /// every outer slot of that capture still holds the same return address, the outer frames are the
 /// same call chain and are kept instead of unwound.
-#[inline(never)]
+#[inline(always)]
 pub fn capture(
     map: &ModuleMap,
     cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
@@ -246,7 +241,7 @@ pub fn capture(
 ) -> usize {
     let (pc, sp, bp) = registers();
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr < sp || addr.saturating_add(8) > stack_hi || addr % 8 != 0 {
+        if addr < sp || addr.saturating_add(8) > stack_hi || !addr.is_multiple_of(8) {
             return Err(());
         }
         // SAFETY: `addr` is 8-aligned and inside [sp, stack_hi), this thread's own mapped stack

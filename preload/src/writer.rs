@@ -88,13 +88,11 @@ impl ChunkWriter {
                 self.last_time = self.last_time.max(state.time);
                 return Ok(());
             }
-            if has_chunk {
-                if fresh {
-                    // Did not fit in a fresh chunk: claim a bigger one.
-                    self.next_len = (self.next_len * 4).min(MAX_CHUNK_SIZE);
-                    if self.claim.is_some_and(|c| c.len >= MAX_CHUNK_SIZE) {
-                        return Err(WriteError::Closed);
-                    }
+            if has_chunk && fresh {
+                // Did not fit in a fresh chunk: claim a bigger one.
+                self.next_len = (self.next_len * 4).min(MAX_CHUNK_SIZE);
+                if self.claim.is_some_and(|c| c.len >= MAX_CHUNK_SIZE) {
+                    return Err(WriteError::Closed);
                 }
             }
             self.new_chunk(time.max(self.last_time))?;
