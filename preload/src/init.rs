@@ -247,7 +247,6 @@ extern "C" fn after_fork_child() {
                 if let Ok(mut o) = OUTPUT.lock() {
                     *o = child;
                 }
-                thread::reset_for_child();
                 record::modules_changed(&modules::Changes {
                     added: modules::all_infos(),
                     removed: Vec::new(),

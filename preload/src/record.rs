@@ -1,23 +1,18 @@
 //! What the tracer does for each event, top to bottom: find this thread's state, capture and intern
 //! the stack, take the time, encode the record into the thread's chunk.
 //!
-//! Called from `hooks.rs` with the re-entrancy guard held and tracing active. Safe code: the unsafe
-//! parts live in the modules it calls.
+//! Called from `hooks.rs` and `init.rs` with the re-entrancy guard held and tracing active. Safe
+//! code: the unsafe parts live in the modules it calls.
 
 use crate::modules::{self, ModuleMap};
-use crate::stacks;
 use crate::thread::{self, ThreadState};
-use crate::writer::WriteError;
-use crate::{clock, init};
+use crate::writer::{ChunkWriter, WriteError};
+use crate::{clock, init, stacks};
 use memtrace_format::encode::{
     encode_alloc, encode_end, encode_free, encode_mark, encode_module, encode_module_unload,
     encode_realloc, encode_stack, module_payload,
 };
 use memtrace_format::{AllocKind, Frame};
-
-fn state() -> &'static mut ThreadState {
-    thread::current(init::config_max_frames())
-}
 
 fn check(result: Result<(), WriteError>) {
     if let Err(WriteError::Failed(msg)) = result {
@@ -25,71 +20,72 @@ fn check(result: Result<(), WriteError>) {
     }
 }
 
+#[inline(always)]
+fn with<R>(f: impl FnOnce(&mut ThreadState, &mut ChunkWriter) -> R) -> R {
+    thread::with(init::config_max_frames(), f)
+}
+
 /// Records an allocation that returned `addr`.
 #[inline(always)]
 pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
-    let ts = state();
-    let stack = stack_id(ts);
-    let time = clock::now();
-    check(ts.writer.write(time, |buf, st| {
-        encode_alloc(buf, st, time, kind, stack, size as u64, addr as u64)
-    }));
+    with(|ts, w| {
+        let stack = stack_id(ts, w);
+        let time = clock::now();
+        check(w.write(time, |buf, st| {
+            encode_alloc(buf, st, time, kind, stack, size as u64, addr as u64)
+        }));
+    });
 }
 
 /// Records a realloc of `old` (0 for none) that returned `new`.
 #[inline(always)]
 pub fn realloc(old: usize, size: usize, new: usize) {
-    let ts = state();
-    let stack = stack_id(ts);
-    let time = clock::now();
-    check(ts.writer.write(time, |buf, st| {
-        encode_realloc(buf, st, time, stack, size as u64, old as u64, new as u64)
-    }));
+    with(|ts, w| {
+        let stack = stack_id(ts, w);
+        let time = clock::now();
+        check(w.write(time, |buf, st| {
+            encode_realloc(buf, st, time, stack, size as u64, old as u64, new as u64)
+        }));
+    });
 }
 
 /// Records that `addr` is about to be freed.
 pub fn free(addr: usize) {
-    let ts = state();
-    let time = clock::now();
-    check(
-        ts.writer
-            .write(time, |buf, st| encode_free(buf, st, time, addr as u64)),
-    );
+    with(|_, w| {
+        let time = clock::now();
+        check(w.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
+    });
 }
 
 /// Records a named point.
 pub fn mark(label: &[u8]) {
-    let ts = state();
-    let time = clock::now();
-    check(
-        ts.writer
-            .write(time, |buf, st| encode_mark(buf, st, time, label)),
-    );
+    with(|_, w| {
+        let time = clock::now();
+        check(w.write(time, |buf, st| encode_mark(buf, st, time, label)));
+    });
 }
 
 /// Records the end of the process.
 pub fn end() {
-    let ts = state();
-    let time = clock::now();
-    check(ts.writer.write(time, |buf, st| encode_end(buf, st, time)));
+    with(|_, w| {
+        let time = clock::now();
+        check(w.write(time, |buf, st| encode_end(buf, st, time)));
+    });
 }
 
-/// Writes module and unload records for what a rescan found.
+/// Writes module and unload records for what a rescan found, from the calling thread.
 pub fn modules_changed(changes: &modules::Changes) {
-    let ts = state();
+    with(|_, w| write_module_changes(w, changes));
+}
+
+fn write_module_changes(w: &mut ChunkWriter, changes: &modules::Changes) {
     for info in &changes.added {
         let payload = module_payload(info);
-        check(
-            ts.writer
-                .write(ts.writer.last_time, |buf, _| encode_module(buf, &payload)),
-        );
+        check(w.write(w.last_time, |buf, _| encode_module(buf, &payload)));
     }
     for &id in &changes.removed {
         let time = clock::now();
-        check(
-            ts.writer
-                .write(time, |buf, st| encode_module_unload(buf, st, time, id)),
-        );
+        check(w.write(time, |buf, st| encode_module_unload(buf, st, time, id)));
     }
 }
 
@@ -98,10 +94,7 @@ pub fn modules_changed(changes: &modules::Changes) {
 /// Inlined, with `stacks::capture`, into each hook: the unwinder then has a single frame of the
 /// tracer to step over before it reaches the program's code.
 #[inline(always)]
-fn stack_id(ts: &mut ThreadState) -> u32 {
-    if ts.epoch != crate::sink::SINK.epoch() {
-        thread::reset_for_child();
-    }
+fn stack_id(ts: &mut ThreadState, w: &mut ChunkWriter) -> u32 {
     let Some(map) = modules::current() else {
         return 0;
     };
@@ -109,18 +102,23 @@ fn stack_id(ts: &mut ThreadState) -> u32 {
     let hash = ts.frames.hash();
     match ts.stacks.get(hash) {
         Some(id) => id,
-        None => new_stack(ts, map, hash),
+        None => new_stack(ts, w, map, hash),
     }
 }
 
 /// The slow path of [`stack_id`]: a stack this thread has not seen recently.
 #[inline(never)]
 #[cold]
-fn new_stack(ts: &mut ThreadState, mut map: &'static ModuleMap, mut hash: u64) -> u32 {
+fn new_stack(
+    ts: &mut ThreadState,
+    w: &mut ChunkWriter,
+    mut map: &'static ModuleMap,
+    mut hash: u64,
+) -> u32 {
     if has_unknown_frame(map, ts.frames.outermost_first()) && modules::changed_since_scan() {
         // A library loaded since the last scan: learn it, then unwind again with its tables.
         if let Some(changes) = modules::rescan(false) {
-            modules_changed(&changes);
+            write_module_changes(w, &changes);
             if let Some(m) = modules::current() {
                 map = m;
             }
@@ -144,8 +142,7 @@ fn new_stack(ts: &mut ThreadState, mut map: &'static ModuleMap, mut hash: u64) -
                 },
             })
             .collect();
-        let t = ts.writer.last_time;
-        check(ts.writer.write(t, |buf, _| encode_stack(buf, id, &frames)));
+        check(w.write(w.last_time, |buf, _| encode_stack(buf, id, &frames)));
     }
     id
 }

@@ -1,20 +1,20 @@
-//! Per-thread tracer state: the chunk writer, the unwinder's cache, the recent-stacks cache and the
-//! thread's stack bounds. Created on a thread's first traced call, freed when the thread exits.
-//!
-//! The TLS slot is a `const`-initialized raw pointer (no lazy init, no TLS destructor: DESIGN.md §2).
-//! Thread exit is seen through a pthread key destructor, which glibc runs without allocating.
+//! Per-thread tracer state. Two parts, both reached through `const`-initialized TLS with no
+//! destructor (no lazy init that could allocate: DESIGN.md §2):
+//! - the chunk writer, kept in TLS itself for the thread's whole life, so the thread keeps one index
+//!   and one chunk sequence even if it allocates after its exit callback ran;
+//! - the caches (unwinder rules, recent stacks, the last stack, stack bounds), on the heap, created on
+//!   the thread's first traced call and freed by a pthread key destructor when the thread exits
+//!   (glibc runs those without allocating).
 
 use crate::stacks::{Frames, StackCache};
 use crate::writer::ChunkWriter;
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU32, Ordering};
 use framehop::MayAllocateDuringUnwind;
 use framehop::x86_64::CacheX86_64;
 
-/// Everything one thread of the traced program needs inside the tracer.
+/// The caches one thread of the traced program needs inside the tracer.
 pub struct ThreadState {
-    /// Where this thread's records go.
-    pub writer: ChunkWriter,
     /// framehop's per-thread rule cache.
     pub unwind_cache: CacheX86_64<MayAllocateDuringUnwind>,
     /// Recently seen stacks and their ids.
@@ -29,6 +29,7 @@ pub struct ThreadState {
 
 thread_local! {
     static STATE: Cell<*mut ThreadState> = const { Cell::new(core::ptr::null_mut()) };
+    static WRITER: UnsafeCell<ChunkWriter> = const { UnsafeCell::new(ChunkWriter::UNASSIGNED) };
 }
 
 static NEXT_THREAD: AtomicU32 = AtomicU32::new(1);
@@ -84,38 +85,63 @@ fn stack_top() -> u64 {
     }
 }
 
-/// This thread's state, created on first use. The caller holds the re-entrancy guard, so the
-/// allocations made here go to the real allocator untraced.
-pub fn current(max_frames: usize) -> &'static mut ThreadState {
+/// Runs `f` with this thread's caches and writer, creating them on first use. The caller holds the
+/// re-entrancy guard, so the allocations made here go to the real allocator untraced, and `f` must not
+/// call `with` again (pass the references down instead).
+#[inline(always)]
+pub fn with<R>(max_frames: usize, f: impl FnOnce(&mut ThreadState, &mut ChunkWriter) -> R) -> R {
     let mut p = STATE.with(|s| s.get());
     if p.is_null() {
-        let state = Box::new(ThreadState {
-            writer: ChunkWriter::new(NEXT_THREAD.fetch_add(1, Ordering::Relaxed), gettid()),
-            unwind_cache: CacheX86_64::new_in(),
-            stacks: StackCache::new(),
-            frames: Frames::new(max_frames),
-            stack_hi: stack_top(),
-            epoch: crate::sink::SINK.epoch(),
-        });
-        p = Box::into_raw(state);
-        STATE.with(|s| s.set(p));
-        let key = KEY.load(Ordering::Acquire);
-        if key != u32::MAX {
-            // SAFETY: `key` came from pthread_key_create; the value is this thread's state.
-            unsafe { libc::pthread_setspecific(key, p.cast()) };
-        }
+        p = create(max_frames);
     }
-    // SAFETY: `p` is this thread's own state: only this thread reads the TLS slot, the guard held by
-    // the caller keeps the tracer from re-entering on this thread, so no other reference is live.
-    unsafe { &mut *p }
+    // SAFETY: `p` is this thread's live state (see below); a plain read of one field.
+    if unsafe { (*p).epoch } != crate::sink::SINK.epoch() {
+        // First event of the forking thread in a fork child whose sink was replaced.
+        reset_for_child();
+    }
+    let w = WRITER.with(|w| w.get());
+    // SAFETY:
+    // - `p` is this thread's own heap state and `w` its own TLS writer: no other thread can reach
+    //   them, and only `with` hands out references to them;
+    // - the guard held by the caller keeps the tracer from re-entering on this thread, and `f` does
+    //   not call `with`, so these are the only live references;
+    // - `p` stays allocated until this thread's exit callback, which cannot run during `f`.
+    let (state, writer) = unsafe { (&mut *p, &mut *w) };
+    if writer.thread == 0 {
+        *writer = ChunkWriter::new(NEXT_THREAD.fetch_add(1, Ordering::Relaxed), gettid());
+    }
+    f(state, writer)
 }
 
-/// Called in a fork child: the forking thread's state must forget the parent's file and stacks.
+#[cold]
+fn create(max_frames: usize) -> *mut ThreadState {
+    let state = Box::new(ThreadState {
+        unwind_cache: CacheX86_64::new_in(),
+        stacks: StackCache::new(),
+        frames: Frames::new(max_frames),
+        stack_hi: stack_top(),
+        epoch: crate::sink::SINK.epoch(),
+    });
+    let p = Box::into_raw(state);
+    STATE.with(|s| s.set(p));
+    let key = KEY.load(Ordering::Acquire);
+    if key != u32::MAX {
+        // SAFETY: `key` came from pthread_key_create; the value is this thread's state.
+        unsafe { libc::pthread_setspecific(key, p.cast()) };
+    }
+    p
+}
+
+/// Called in a fork child: the forking thread must forget the parent's file and stacks.
 pub fn reset_for_child() {
+    let w = WRITER.with(|w| w.get());
+    // SAFETY: in a fork child this is the only thread, and no reference from `with` is live here
+    // (we run in the atfork handler, or in `with` before it creates its references).
+    let writer = unsafe { &mut *w };
+    writer.reset(gettid());
     let p = STATE.with(|s| s.get());
-    // SAFETY: as in `current`; in a fork child this is the only thread.
+    // SAFETY: as above, for this thread's heap state.
     if let Some(state) = unsafe { p.as_mut() } {
-        state.writer.reset(gettid());
         state.stacks.clear();
         state.frames.clear();
         state.stack_hi = stack_top();

@@ -35,6 +35,18 @@ pub struct ChunkWriter {
 }
 
 impl ChunkWriter {
+    /// The writer of a thread that has not been given an index yet (`thread == 0`).
+    pub const UNASSIGNED: ChunkWriter = ChunkWriter {
+        claim: None,
+        used: 0,
+        state: ChunkState { time: 0, addr: 0 },
+        next_len: GRANULE,
+        seq: 0,
+        thread: 0,
+        tid: 0,
+        last_time: 0,
+    };
+
     /// A writer with no chunk yet.
     pub fn new(thread: u32, tid: u32) -> ChunkWriter {
         ChunkWriter {
