@@ -1,0 +1,145 @@
+//! The command line of `memtrace-analyze`: clap derive types only. Parsing and help text live here;
+//! what each subcommand does lives in `report/<name>.rs`.
+
+use crate::render::Format;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const EXAMPLES: &str = "\
+EXAMPLES:
+    memtrace-analyze summary app.trace
+    memtrace-analyze top app.trace --by peak -n 5
+    memtrace-analyze top app.trace --by temporary --format json
+    memtrace-analyze leaks app.trace --fail-on-leak
+    memtrace-analyze dump app.trace | head
+
+EXIT STATUS:
+    0 success, 1 a requested check failed (leaks --fail-on-leak found leaks), 2 error";
+
+/// Reports on a memtrace heap trace.
+#[derive(Debug, Parser)]
+#[command(name = "memtrace-analyze", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// What to report.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Totals: allocation and free calls, bytes, peak, leaks, temporary allocations, duration.
+    Summary(SummaryArgs),
+    /// Stacks ranked by a measure (allocated bytes or calls, share of the peak, leaked, temporary).
+    Top(TopArgs),
+    /// Blocks still live when the trace ends, grouped by the stack that allocated them.
+    Leaks(LeaksArgs),
+    /// Every record, one line each, in merged time order (for debugging and golden tests).
+    Dump(DumpArgs),
+}
+
+/// The trace to read.
+#[derive(Debug, Args)]
+pub struct TraceArg {
+    /// Trace file written by libmemtrace.so.
+    #[arg(value_name = "TRACE")]
+    pub trace: PathBuf,
+}
+
+/// How stacks are symbolized.
+#[derive(Debug, Args)]
+pub struct SymbolArgs {
+    /// Do not read module files: print frames as module+offset only.
+    #[arg(long)]
+    pub no_symbols: bool,
+    /// Directory searched for separate debug files (`.build-id/xx/rest.debug`, debuglink); may be
+    /// repeated; replaces the default /usr/lib/debug.
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Vec<PathBuf>,
+    /// Frames printed per stack, inlined frames included (0: all) [default: 12 for text, all for
+    /// JSON].
+    #[arg(long, value_name = "N")]
+    pub depth: Option<usize>,
+}
+
+/// `summary` options.
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub trace: TraceArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// What `top` ranks stacks by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Measure {
+    /// Bytes allocated over the whole run.
+    #[default]
+    Bytes,
+    /// Allocation calls over the whole run.
+    Count,
+    /// Bytes live at the moment of the global peak.
+    Peak,
+    /// Bytes live at the end of the trace.
+    Leaked,
+    /// Temporary allocations, as heaptrack counts them (freed before any other allocation).
+    Temporary,
+}
+
+impl Measure {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Measure::Bytes => "bytes",
+            Measure::Count => "count",
+            Measure::Peak => "peak",
+            Measure::Leaked => "leaked",
+            Measure::Temporary => "temporary",
+        }
+    }
+}
+
+/// `top` options.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub trace: TraceArg,
+    /// Measure to rank stacks by.
+    #[arg(long, value_enum, default_value_t = Measure::Bytes)]
+    pub by: Measure,
+    /// Number of stacks to show (0: all).
+    #[arg(short = 'n', long = "limit", value_name = "N", default_value_t = 10)]
+    pub limit: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+}
+
+/// `leaks` options.
+#[derive(Debug, Args)]
+pub struct LeaksArgs {
+    #[command(flatten)]
+    pub trace: TraceArg,
+    /// Number of stacks to show (0: all) [default: 10 for text, all for JSON].
+    #[arg(short = 'n', long = "limit", value_name = "N")]
+    pub limit: Option<usize>,
+    /// Exit with status 1 if any block is still live at the end of the trace.
+    #[arg(long)]
+    pub fail_on_leak: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+}
+
+/// `dump` options.
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    #[command(flatten)]
+    pub trace: TraceArg,
+}

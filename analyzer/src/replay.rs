@@ -1,0 +1,530 @@
+//! Replays a trace's records, in the merged time order the reader produces, against a [`LiveHeap`]:
+//! the one place that decides what an allocation, a realloc and a free mean for the heap (which block
+//! is released, which is temporary, when the peak is). It keeps the global counters ([`Totals`]) and
+//! tells an [`Observer`] about every block that becomes live or is released, so reports can aggregate
+//! whatever they need in the same single pass.
+//!
+//! Replay never resolves stacks: a stack or module record may come after the records that use its id
+//! (another thread interned it a moment earlier), so stacks are resolved at report time only.
+
+use crate::heap::{Block, LiveHeap, StackTable};
+use memtrace_format::{Frame, ModuleInfo, Record, ThreadRecord};
+use rustc_hash::FxHashMap;
+
+/// Where the replay is when an observer is called.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    /// Sequence number of the current heap event (alloc, realloc or free), from 1.
+    pub seq: u64,
+    /// Sequence number of the event that set the latest peak before the current event (0: none yet).
+    pub peak_seq: u64,
+    /// Time of the current record, ns since trace start.
+    pub time: u64,
+    /// Thread that wrote the current record.
+    pub thread: u32,
+}
+
+/// Receives the heap's changes during a replay. Every callback defaults to doing nothing, so an
+/// observer implements only what it needs (tracing-subscriber's `Layer` style).
+pub trait Observer {
+    /// A block of `size` bytes became live on `stack` (an allocation, or a realloc's new block).
+    #[inline]
+    fn on_alloc(&mut self, _ctx: &Ctx, _stack: u32, _size: u64) {}
+
+    /// A live block was released (a free, or the old block of a realloc). `temporary` when no other
+    /// allocation happened since this block's own.
+    #[inline]
+    fn on_release(&mut self, _ctx: &Ctx, _block: Block, _temporary: bool) {}
+
+    /// A record that is not a heap event (stack, module, mark, thread name, end, module unload).
+    #[inline]
+    fn on_other(&mut self, _ctx: &Ctx, _record: &Record) {}
+}
+
+/// The observer that observes nothing: `summary` needs only the replay's own totals.
+impl Observer for () {}
+
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    #[inline]
+    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, size: u64) {
+        self.0.on_alloc(ctx, stack, size);
+        self.1.on_alloc(ctx, stack, size);
+    }
+    #[inline]
+    fn on_release(&mut self, ctx: &Ctx, block: Block, temporary: bool) {
+        self.0.on_release(ctx, block, temporary);
+        self.1.on_release(ctx, block, temporary);
+    }
+    #[inline]
+    fn on_other(&mut self, ctx: &Ctx, record: &Record) {
+        self.0.on_other(ctx, record);
+        self.1.on_other(ctx, record);
+    }
+}
+
+impl Observer for StackTable {
+    #[inline]
+    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, size: u64) {
+        self.alloc(stack, size, ctx.peak_seq);
+    }
+    #[inline]
+    fn on_release(&mut self, ctx: &Ctx, block: Block, temporary: bool) {
+        self.release(block, temporary, ctx.peak_seq);
+    }
+}
+
+/// Keeps the stack and module definitions, for resolving the stacks a report prints. Memory grows
+/// with the number of distinct stacks and modules, never with the number of heap events.
+#[derive(Default)]
+pub struct Definitions {
+    /// Stack id to frames, innermost first.
+    pub stacks: FxHashMap<u32, Box<[Frame]>>,
+    /// Module id to module.
+    pub modules: FxHashMap<u32, ModuleInfo>,
+}
+
+impl Observer for Definitions {
+    fn on_other(&mut self, _ctx: &Ctx, record: &Record) {
+        match record {
+            Record::Stack { id, frames } => {
+                self.stacks
+                    .entry(*id)
+                    .or_insert_with(|| frames.as_slice().into());
+            }
+            Record::Module(m) => {
+                self.modules.entry(m.id).or_insert_with(|| m.clone());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A named point in time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    /// ns since trace start.
+    pub time: u64,
+    /// Thread that set it.
+    pub thread: u32,
+    /// The label.
+    pub label: String,
+}
+
+/// The replay's global counters: everything `summary` reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Successful allocation calls, realloc included (heaptrack's "calls to allocation functions").
+    pub alloc_calls: u64,
+    /// Allocation calls by kind, indexed by `AllocKind as usize` (realloc not included).
+    pub calls_by_kind: [u64; 7],
+    /// Realloc calls (each also counted in `alloc_calls`).
+    pub realloc_calls: u64,
+    /// Free records (`free`, and `realloc(p, 0)`), matched or not.
+    pub free_calls: u64,
+    /// Bytes requested by all allocation calls.
+    pub total_allocated_bytes: u64,
+    /// Highest total of live bytes.
+    pub peak_live_bytes: u64,
+    /// Live blocks at that moment.
+    pub peak_live_count: u64,
+    /// When it was first reached, ns since trace start.
+    pub peak_time_ns: u64,
+    /// Heap event sequence number of the peak (0 if no allocation).
+    pub peak_seq: u64,
+    /// Bytes live at the end of the trace.
+    pub leaked_bytes: u64,
+    /// Blocks live at the end of the trace.
+    pub leaked_count: u64,
+    /// Temporary allocations as heaptrack counts them: a free of a block whose size and stack equal
+    /// those of the most recent allocation, with no other free in between (see [`Replayer`]).
+    pub temporary_allocs: u64,
+    /// Temporary allocations by the literal definition: a free of the most recently allocated block
+    /// itself, with no other allocation or free in between.
+    pub temporary_allocs_strict: u64,
+    /// Frees of addresses that were not live (allocated before tracing started, or records lost).
+    pub unmatched_frees: u64,
+    /// Reallocs whose old block was not live (counted as plain allocations).
+    pub unmatched_reallocs: u64,
+    /// Allocations that returned an address still live, not explained by a late realloc: the trace
+    /// missed a free.
+    pub missed_frees: u64,
+    /// Reallocs recorded after another thread was already handed their old block's address (see
+    /// [`Replayer`]); their old block was released when that thread got the address.
+    pub reordered_reallocs: u64,
+    /// Stack definitions.
+    pub stacks: u64,
+    /// Module records.
+    pub modules: u64,
+    /// Module unload records.
+    pub module_unloads: u64,
+    /// Marks, in time order.
+    pub marks: Vec<Mark>,
+    /// Thread names seen, by thread index.
+    pub thread_names: Vec<(u32, String)>,
+    /// Time of the end record, if the trace has one.
+    pub end_time_ns: Option<u64>,
+    /// Time of the last timed record (the trace's duration).
+    pub duration_ns: u64,
+    /// Records replayed.
+    pub records: u64,
+}
+
+/// Applies records to a live heap, keeping [`Totals`] and telling an observer.
+///
+/// Two rules need explaining:
+///
+/// - *Temporary* follows what heaptrack 1.4 computes (`AccumulatedTraceData`, which sees a realloc
+///   as a free of the old block followed by an allocation of the new one): a free is temporary when
+///   no free came after the most recent allocation and the freed block has the same size and stack
+///   as that allocation (heaptrack compares its (size, trace) "allocation info", not the block).
+///   Frees of unknown addresses are ignored, as heaptrack's interpreter drops them. The literal
+///   definition (that very block) is counted too, as `temporary_allocs_strict`.
+/// - *Late reallocs*: glibc releases a moved block inside `realloc`, before the tracer can record
+///   the realloc, so another thread may be handed the old address, and record that, first. The
+///   replay then sees an allocation at a live address: it releases the old block there (the free
+///   the trace seems to have missed) and remembers the address and the allocating thread. A later
+///   realloc of that address from another thread is that late realloc: its old block is already
+///   released, so only its new block is applied, and the other thread's block stays live.
+#[derive(Default)]
+pub struct Replayer {
+    heap: LiveHeap,
+    totals: Totals,
+    ctx: Ctx,
+    /// (size, stack) of the most recent allocation, until a matched free: heaptrack's
+    /// `lastAllocationPtr` (an allocation-info index).
+    last_info: Option<(u64, u32)>,
+    /// Address of the most recent allocation, until a matched free.
+    last_addr: Option<u64>,
+    /// Addresses allocated while still live, with the allocating thread: candidates for a late
+    /// realloc. Only as large as the number of such anomalies.
+    displaced: FxHashMap<u64, u32>,
+}
+
+/// Beyond this many unexplained re-allocations of live addresses, forget the oldest evidence (the
+/// trace is then missing frees wholesale, and late reallocs are the least of its problems).
+const MAX_DISPLACED: usize = 1 << 20;
+
+impl Replayer {
+    /// A replayer with an empty heap.
+    pub fn new() -> Replayer {
+        Replayer::default()
+    }
+
+    /// The heap as of the records applied so far.
+    pub fn heap(&self) -> &LiveHeap {
+        &self.heap
+    }
+
+    /// The counters as of the records applied so far (leaked and duration are set by `finish`).
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Applies every record of `records`.
+    pub fn run<O: Observer>(&mut self, records: impl Iterator<Item = ThreadRecord>, obs: &mut O) {
+        for r in records {
+            self.apply(r.thread, &r.record, obs);
+        }
+    }
+
+    #[inline]
+    fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) {
+        if let Some(old) = self.heap.insert(addr, block) {
+            self.displaced_block(addr, old, obs);
+        }
+        obs.on_alloc(&self.ctx, block.stack, block.size);
+        self.totals.alloc_calls += 1;
+        self.totals.total_allocated_bytes =
+            self.totals.total_allocated_bytes.wrapping_add(block.size);
+        self.last_info = Some((block.size, block.stack));
+        self.last_addr = Some(addr);
+        let live = self.heap.bytes();
+        if live > self.totals.peak_live_bytes {
+            self.totals.peak_live_bytes = live;
+            self.totals.peak_live_count = self.heap.len();
+            self.totals.peak_time_ns = self.ctx.time;
+            self.totals.peak_seq = self.ctx.seq;
+        }
+    }
+
+    /// An allocation returned `addr` while `old` was live there: a missed free, or a late realloc
+    /// (see [`Replayer`]). Either way `old` is gone now.
+    #[cold]
+    fn displaced_block(&mut self, addr: u64, old: Block, obs: &mut impl Observer) {
+        self.totals.missed_frees += 1;
+        if self.displaced.len() >= MAX_DISPLACED {
+            self.displaced.clear();
+        }
+        self.displaced.insert(addr, self.ctx.thread);
+        obs.on_release(&self.ctx, old, false);
+    }
+
+    /// Whether a realloc of `old` is a late one whose old block was already released.
+    #[inline]
+    fn is_late_realloc(&mut self, old: u64) -> bool {
+        if self.displaced.is_empty() {
+            return false;
+        }
+        match self.displaced.get(&old) {
+            Some(&thread) if thread != self.ctx.thread => {
+                self.displaced.remove(&old);
+                self.totals.missed_frees -= 1;
+                self.totals.reordered_reallocs += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Releases `addr` if it is live; returns whether it was.
+    #[inline]
+    fn release(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
+        match self.heap.remove(addr) {
+            Some(block) => {
+                let temporary = self.last_info == Some((block.size, block.stack));
+                if self.last_addr == Some(addr) {
+                    self.totals.temporary_allocs_strict += 1;
+                }
+                // Like heaptrack, any matched free ends the "most recent allocation" window.
+                self.last_info = None;
+                self.last_addr = None;
+                if temporary {
+                    self.totals.temporary_allocs += 1;
+                }
+                obs.on_release(&self.ctx, block, temporary);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Applies one record written by `thread`.
+    #[inline]
+    pub fn apply<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
+        self.totals.records += 1;
+        self.ctx.thread = thread;
+        match *record {
+            Record::Alloc {
+                time,
+                kind,
+                stack,
+                size,
+                addr,
+            } => {
+                self.begin_event(time);
+                self.totals.calls_by_kind[kind as usize] += 1;
+                self.new_block(addr, Block { size, stack }, obs);
+            }
+            Record::Realloc {
+                time,
+                stack,
+                size,
+                old,
+                new,
+            } => {
+                // heaptrack records a realloc as a free of `old` followed by a malloc of `new`, and so
+                // do we: the old block (its stack, its size) is released, possibly as temporary, and
+                // the new block belongs to the realloc's stack. In place (`old == new`) is the same.
+                self.begin_event(time);
+                self.totals.realloc_calls += 1;
+                if old != 0 && !self.is_late_realloc(old) && !self.release(old, obs) {
+                    self.totals.unmatched_reallocs += 1;
+                }
+                self.new_block(new, Block { size, stack }, obs);
+            }
+            Record::Free { time, addr } => {
+                self.begin_event(time);
+                self.totals.free_calls += 1;
+                if !self.release(addr, obs) {
+                    // heaptrack's interpreter drops frees of unknown pointers, so they neither count
+                    // as temporary nor end the temporary window.
+                    self.totals.unmatched_frees += 1;
+                }
+            }
+            ref other => {
+                match other {
+                    Record::Stack { .. } => self.totals.stacks += 1,
+                    Record::Module(_) => self.totals.modules += 1,
+                    Record::ModuleUnload { time, .. } => {
+                        self.set_time(*time);
+                        self.totals.module_unloads += 1;
+                    }
+                    Record::Mark { time, label } => {
+                        self.set_time(*time);
+                        self.totals.marks.push(Mark {
+                            time: *time,
+                            thread,
+                            label: label.clone(),
+                        });
+                    }
+                    Record::ThreadName { name } => {
+                        match self
+                            .totals
+                            .thread_names
+                            .iter_mut()
+                            .find(|(t, _)| *t == thread)
+                        {
+                            Some(entry) => entry.1 = name.clone(),
+                            None => self.totals.thread_names.push((thread, name.clone())),
+                        }
+                    }
+                    Record::End { time } => {
+                        self.set_time(*time);
+                        self.totals.end_time_ns.get_or_insert(*time);
+                    }
+                    _ => {}
+                }
+                obs.on_other(&self.ctx, other);
+            }
+        }
+    }
+
+    #[inline]
+    fn begin_event(&mut self, time: u64) {
+        // The peak as of the previous event: a peak set by this event is seen from the next one on.
+        self.ctx.peak_seq = self.totals.peak_seq;
+        self.ctx.seq += 1;
+        self.set_time(time);
+    }
+
+    #[inline]
+    fn set_time(&mut self, time: u64) {
+        self.ctx.time = time;
+        self.totals.duration_ns = self.totals.duration_ns.max(time);
+    }
+
+    /// Ends the replay: the totals with leaked bytes and count filled in, and the final heap.
+    pub fn finish(mut self) -> (Totals, LiveHeap) {
+        self.totals.leaked_bytes = self.heap.bytes();
+        self.totals.leaked_count = self.heap.len();
+        (self.totals, self.heap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use memtrace_format::AllocKind;
+
+    fn alloc(time: u64, stack: u32, size: u64, addr: u64) -> Record {
+        Record::Alloc {
+            time,
+            kind: AllocKind::Malloc,
+            stack,
+            size,
+            addr,
+        }
+    }
+
+    #[test]
+    fn temporary_follows_heaptrack() {
+        let mut r = Replayer::new();
+        let mut t = StackTable::default();
+        // a = malloc; free(a): temporary.
+        r.apply(1, &alloc(1, 1, 10, 0xa), &mut t);
+        r.apply(1, &Record::Free { time: 2, addr: 0xa }, &mut t);
+        // b = malloc; c = malloc (same size and stack); free(b): temporary for heaptrack, whose last
+        // allocation info (size, stack) is b's too, though not by the strict definition; free(c):
+        // not temporary (the free of b closed the window).
+        r.apply(1, &alloc(3, 2, 10, 0xb), &mut t);
+        r.apply(1, &alloc(4, 2, 10, 0xc), &mut t);
+        r.apply(1, &Record::Free { time: 5, addr: 0xb }, &mut t);
+        r.apply(1, &Record::Free { time: 6, addr: 0xc }, &mut t);
+        // d = malloc; free(unknown); free(d): still temporary (unknown frees are ignored).
+        r.apply(1, &alloc(7, 3, 10, 0xd), &mut t);
+        r.apply(
+            1,
+            &Record::Free {
+                time: 8,
+                addr: 0x999,
+            },
+            &mut t,
+        );
+        r.apply(1, &Record::Free { time: 9, addr: 0xd }, &mut t);
+        // e = malloc; f = malloc (other size); free(e): not temporary in either definition.
+        r.apply(1, &alloc(10, 4, 8, 0xe), &mut t);
+        r.apply(1, &alloc(11, 4, 9, 0xf), &mut t);
+        r.apply(
+            1,
+            &Record::Free {
+                time: 12,
+                addr: 0xe,
+            },
+            &mut t,
+        );
+        r.apply(
+            1,
+            &Record::Free {
+                time: 13,
+                addr: 0xf,
+            },
+            &mut t,
+        );
+        let (totals, _) = r.finish();
+        assert_eq!(totals.temporary_allocs, 3);
+        assert_eq!(totals.temporary_allocs_strict, 2);
+        assert_eq!(totals.unmatched_frees, 1);
+        t.finalize(totals.peak_seq);
+        assert_eq!(t.get(1).unwrap().temporary_count, 1);
+        assert_eq!(t.get(2).unwrap().temporary_count, 1);
+        assert_eq!(t.get(3).unwrap().temporary_count, 1);
+        assert_eq!(t.get(4).unwrap().temporary_count, 0);
+    }
+
+    #[test]
+    fn a_late_realloc_from_another_thread_keeps_the_new_owner_live() {
+        let mut r = Replayer::new();
+        let mut t = StackTable::default();
+        // Thread 1: p = malloc(40). Thread 1 reallocs p -> q, but glibc freed p inside realloc and
+        // thread 2's malloc got p, recorded before thread 1's realloc.
+        r.apply(1, &alloc(1, 1, 40, 0x100), &mut t);
+        r.apply(2, &alloc(2, 2, 40, 0x100), &mut t);
+        r.apply(
+            1,
+            &Record::Realloc {
+                time: 3,
+                stack: 3,
+                size: 4000,
+                old: 0x100,
+                new: 0x900,
+            },
+            &mut t,
+        );
+        r.apply(
+            1,
+            &Record::Free {
+                time: 4,
+                addr: 0x900,
+            },
+            &mut t,
+        );
+        let (totals, heap) = r.finish();
+        assert_eq!((totals.missed_frees, totals.reordered_reallocs), (0, 1));
+        assert_eq!(totals.unmatched_reallocs, 0);
+        assert_eq!(heap.get(0x100), Some(Block { size: 40, stack: 2 }));
+        assert_eq!((totals.leaked_bytes, totals.leaked_count), (40, 1));
+        t.finalize(totals.peak_seq);
+        assert_eq!(t.get(1).unwrap().live_count, 0);
+        assert_eq!(t.get(2).unwrap().live_count, 1);
+        assert_eq!(t.get(3).unwrap().live_count, 0);
+
+        // The same thread reallocating its own block at a re-used address is an ordinary realloc.
+        let mut r = Replayer::new();
+        r.apply(1, &alloc(1, 1, 40, 0x100), &mut ());
+        r.apply(2, &alloc(2, 2, 40, 0x100), &mut ());
+        r.apply(
+            2,
+            &Record::Realloc {
+                time: 3,
+                stack: 3,
+                size: 80,
+                old: 0x100,
+                new: 0x200,
+            },
+            &mut (),
+        );
+        let (totals, heap) = r.finish();
+        assert_eq!((totals.missed_frees, totals.reordered_reallocs), (1, 0));
+        assert_eq!((totals.leaked_bytes, heap.len()), (80, 1));
+    }
+}

@@ -1,0 +1,155 @@
+//! The subcommands, one file each, and what they share: opening a trace (index warnings included),
+//! the full single-pass analysis behind `top` and `leaks`, and turning stack ids into printable,
+//! symbolized frames.
+
+pub mod dump;
+pub mod leaks;
+pub mod summary;
+pub mod top;
+
+use crate::cli::SymbolArgs;
+use crate::heap::StackTable;
+use crate::render::{self, Format};
+use crate::replay::{Definitions, Replayer, Totals};
+use crate::symbols::{ResolvedFrame, SymbolOptions, Symbolizer};
+use anyhow::Result;
+use memtrace_format::Trace;
+use std::io::Write;
+use std::path::Path;
+
+/// Opens the trace at `path` and prints the reader's index-time warnings.
+pub fn open(path: &Path, err: &mut dyn Write) -> Result<Trace> {
+    // The reader's messages already name the file; no context to add.
+    let trace = Trace::open(path)?;
+    warn(err, trace.warnings());
+    Ok(trace)
+}
+
+/// Prints `warning: …` lines. A failing stderr is no reason to fail the report.
+pub fn warn(err: &mut dyn Write, warnings: &[String]) {
+    for w in warnings {
+        let _ = writeln!(err, "warning: {w}");
+    }
+}
+
+/// Everything one pass over a trace yields: the totals, per-stack statistics (finalized) and the
+/// stack and module definitions.
+pub struct Analysis {
+    /// Global counters.
+    pub totals: Totals,
+    /// Per-stack statistics, peak shares final.
+    pub stacks: StackTable,
+    /// Stacks and modules, for symbolization.
+    pub defs: Definitions,
+    /// Warnings of the record stream (truncation, corruption, no end record).
+    pub warnings: Vec<String>,
+}
+
+/// Replays `trace` once with per-stack statistics and definitions.
+pub fn analyze(trace: &Trace) -> Analysis {
+    let mut replayer = Replayer::new();
+    let mut obs = (StackTable::default(), Definitions::default());
+    let mut records = trace.records();
+    replayer.run(records.by_ref(), &mut obs);
+    let warnings = records.take_warnings();
+    let (totals, _heap) = replayer.finish();
+    let (mut stacks, defs) = obs;
+    stacks.finalize(totals.peak_seq);
+    Analysis {
+        totals,
+        stacks,
+        defs,
+        warnings,
+    }
+}
+
+/// A stack ready to print.
+pub struct PrintedStack {
+    /// Its frames, innermost first, inlined frames expanded, cut to the depth asked for.
+    pub frames: Vec<ResolvedFrame>,
+    /// Frames left out by the depth limit.
+    pub omitted: usize,
+    /// Why there are no frames, if there are none: stack 0, or an id the trace never defined.
+    pub note: Option<&'static str>,
+}
+
+/// Resolves the stacks a report prints.
+pub struct StackPrinter<'a> {
+    defs: &'a Definitions,
+    symbolizer: Symbolizer<'a>,
+    depth: usize,
+}
+
+impl<'a> StackPrinter<'a> {
+    /// A printer for `defs`, with the symbol options and depth of `args` (the depth default depends on
+    /// the format: short stacks in a terminal, whole ones in JSON).
+    pub fn new(defs: &'a Definitions, args: &SymbolArgs, format: Format) -> Self {
+        let mut options = SymbolOptions {
+            enabled: !args.no_symbols,
+            ..SymbolOptions::default()
+        };
+        if !args.debug_dir.is_empty() {
+            options.debug_dirs = args.debug_dir.clone();
+        }
+        let depth = match (args.depth, format) {
+            (Some(0), _) | (None, Format::Json) => usize::MAX,
+            (Some(n), _) => n,
+            (None, Format::Text) => 12,
+        };
+        StackPrinter {
+            defs,
+            symbolizer: Symbolizer::new(&defs.modules, options),
+            depth,
+        }
+    }
+
+    /// The printable form of stack `id`.
+    pub fn stack(&mut self, id: u32) -> PrintedStack {
+        if id == 0 {
+            return PrintedStack {
+                frames: Vec::new(),
+                omitted: 0,
+                note: Some("no stack captured"),
+            };
+        }
+        let Some(frames) = self.defs.stacks.get(&id) else {
+            return PrintedStack {
+                frames: Vec::new(),
+                omitted: 0,
+                note: Some("stack not defined in the trace"),
+            };
+        };
+        let mut frames = self.symbolizer.resolve_stack(frames);
+        let omitted = frames.len().saturating_sub(self.depth);
+        frames.truncate(self.depth);
+        PrintedStack {
+            frames,
+            omitted,
+            note: None,
+        }
+    }
+
+    /// Warnings of symbolization (unreadable modules, build-id mismatches).
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        self.symbolizer.take_warnings()
+    }
+}
+
+/// Writes a stack's lines under a table row.
+pub fn write_stack_text(out: &mut dyn Write, stack: &PrintedStack, indent: &str) -> Result<()> {
+    if let Some(note) = stack.note {
+        writeln!(out, "{indent}({note})")?;
+    }
+    for f in &stack.frames {
+        writeln!(out, "{indent}{}", render::frame_text(f))?;
+    }
+    if stack.omitted > 0 {
+        let n = stack.omitted;
+        writeln!(
+            out,
+            "{indent}… {n} more frame{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! `top`: stacks ranked by one measure (allocated bytes, allocation calls, bytes live at the global
+//! peak, bytes leaked, temporary allocations), each with its other measures and its symbolized stack.
+//! Ranking order is fixed: the measure descending, then count, then bytes descending, then stack id.
+
+use crate::ExitCode;
+use crate::cli::{Measure, TopArgs};
+use crate::heap::{StackStats, StackTable};
+use crate::render::{self, Align, Format, FrameJson, Table};
+use crate::report::{self, Analysis, PrintedStack, StackPrinter};
+use anyhow::Result;
+use serde::Serialize;
+use std::io::Write;
+
+/// One stack's place in a ranking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ranked {
+    /// Stack id.
+    pub stack: u32,
+    /// Bytes of the measure (allocated, at peak, leaked, or of the temporary blocks).
+    pub bytes: u64,
+    /// Count of the measure (calls, blocks at peak, leaked blocks, temporary allocations).
+    pub count: u64,
+    /// All of the stack's statistics.
+    pub stats: StackStats,
+}
+
+/// `(bytes, count)` of `by` for one stack.
+pub fn measure(by: Measure, s: &StackStats) -> (u64, u64) {
+    match by {
+        Measure::Bytes | Measure::Count => (s.alloc_bytes, s.alloc_count),
+        Measure::Peak => (s.peak_bytes, s.peak_count),
+        Measure::Leaked => (s.live_bytes, s.live_count),
+        Measure::Temporary => (s.temporary_bytes, s.temporary_count),
+    }
+}
+
+/// Every stack with a non-zero measure, best first.
+pub fn rank(stacks: &StackTable, by: Measure) -> Vec<Ranked> {
+    let mut v: Vec<Ranked> = stacks
+        .iter()
+        .filter_map(|(stack, s)| {
+            let (bytes, count) = measure(by, s);
+            (bytes > 0 || count > 0).then_some(Ranked {
+                stack,
+                bytes,
+                count,
+                stats: *s,
+            })
+        })
+        .collect();
+    let by_count = matches!(by, Measure::Count | Measure::Temporary);
+    v.sort_by(|a, b| {
+        let key = |r: &Ranked| {
+            if by_count {
+                (r.count, r.bytes)
+            } else {
+                (r.bytes, r.count)
+            }
+        };
+        key(b).cmp(&key(a)).then(a.stack.cmp(&b.stack))
+    });
+    v
+}
+
+/// Runs `top`.
+pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode> {
+    let trace = report::open(&args.trace.trace, err)?;
+    let analysis = report::analyze(&trace);
+    report::warn(err, &analysis.warnings);
+    let ranked = rank(&analysis.stacks, args.by);
+    let shown = match args.limit {
+        0 => ranked.len(),
+        n => n.min(ranked.len()),
+    };
+    let mut printer = StackPrinter::new(&analysis.defs, &args.symbols, args.format);
+    let stacks: Vec<PrintedStack> = ranked[..shown]
+        .iter()
+        .map(|r| printer.stack(r.stack))
+        .collect();
+    let sym_warnings = printer.take_warnings();
+    report::warn(err, &sym_warnings);
+    let (total_bytes, total_count) = ranked.iter().fold((0u64, 0u64), |(b, c), r| {
+        (b.wrapping_add(r.bytes), c + r.count)
+    });
+    let name = args.trace.trace.display().to_string();
+    match args.format {
+        Format::Text => write_text(
+            out,
+            args.by,
+            &analysis,
+            &ranked,
+            &stacks,
+            (total_bytes, total_count),
+        )?,
+        Format::Json => {
+            let mut warnings = analysis.warnings.clone();
+            warnings.extend(sym_warnings);
+            let doc = TopJson {
+                trace: &name,
+                measure: args.by.name(),
+                total_bytes,
+                total_count,
+                stacks: ranked.len(),
+                peak_live_bytes: analysis.totals.peak_live_bytes,
+                peak_time_ns: analysis.totals.peak_time_ns,
+                entries: ranked[..shown]
+                    .iter()
+                    .zip(&stacks)
+                    .enumerate()
+                    .map(|(i, (r, s))| entry_json(i + 1, r, s))
+                    .collect(),
+                warnings,
+            };
+            render::write_json(out, &doc)?;
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+/// The JSON contract of `top`: fields may be added, never renamed or removed.
+#[derive(Serialize)]
+struct TopJson<'a> {
+    trace: &'a str,
+    /// The measure ranked by.
+    measure: &'static str,
+    /// Sum of the measure's bytes over all stacks.
+    total_bytes: u64,
+    /// Sum of the measure's counts over all stacks.
+    total_count: u64,
+    /// Stacks with a non-zero measure (entries holds the first `-n` of them).
+    stacks: usize,
+    peak_live_bytes: u64,
+    peak_time_ns: u64,
+    entries: Vec<EntryJson<'a>>,
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct EntryJson<'a> {
+    rank: usize,
+    stack_id: u32,
+    /// The measure's bytes.
+    bytes: u64,
+    /// The measure's count.
+    count: u64,
+    allocated_bytes: u64,
+    allocated_count: u64,
+    peak_bytes: u64,
+    peak_count: u64,
+    leaked_bytes: u64,
+    leaked_count: u64,
+    temporary_bytes: u64,
+    temporary_count: u64,
+    stack: Vec<FrameJson<'a>>,
+    frames_omitted: usize,
+    stack_note: Option<&'static str>,
+}
+
+fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a> {
+    EntryJson {
+        rank,
+        stack_id: r.stack,
+        bytes: r.bytes,
+        count: r.count,
+        allocated_bytes: r.stats.alloc_bytes,
+        allocated_count: r.stats.alloc_count,
+        peak_bytes: r.stats.peak_bytes,
+        peak_count: r.stats.peak_count,
+        leaked_bytes: r.stats.live_bytes,
+        leaked_count: r.stats.live_count,
+        temporary_bytes: r.stats.temporary_bytes,
+        temporary_count: r.stats.temporary_count,
+        stack: render::frames_json(&s.frames),
+        frames_omitted: s.omitted,
+        stack_note: s.note,
+    }
+}
+
+fn write_text(
+    out: &mut dyn Write,
+    by: Measure,
+    a: &Analysis,
+    ranked: &[Ranked],
+    stacks: &[PrintedStack],
+    (total_bytes, total_count): (u64, u64),
+) -> Result<()> {
+    let t = &a.totals;
+    let what = match by {
+        Measure::Bytes => "allocated bytes".to_owned(),
+        Measure::Count => "allocation calls".to_owned(),
+        Measure::Peak => format!(
+            "bytes live at the peak ({} in {} at {})",
+            render::bytes(t.peak_live_bytes),
+            render::counted(t.peak_live_count, "block"),
+            render::duration(t.peak_time_ns)
+        ),
+        Measure::Leaked => format!(
+            "bytes leaked ({} in {})",
+            render::bytes(total_bytes),
+            render::counted(total_count, "block")
+        ),
+        Measure::Temporary => format!(
+            "temporary allocations ({} of {} calls)",
+            render::count(total_count),
+            render::count(t.alloc_calls)
+        ),
+    };
+    if ranked.is_empty() {
+        writeln!(out, "No stack has any {what}.")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "Top {} of {} by {what}; all stacks allocated {} in {}",
+        stacks.len(),
+        render::counted(ranked.len() as u64, "stack"),
+        render::bytes(t.total_allocated_bytes),
+        render::counted(t.alloc_calls, "call")
+    )?;
+    writeln!(out)?;
+    let mut table = Table::new(&[
+        ("#", Align::Right),
+        ("allocated", Align::Right),
+        ("calls", Align::Right),
+        ("peak", Align::Right),
+        ("leaked", Align::Right),
+        ("temporary", Align::Right),
+    ]);
+    for (i, r) in ranked.iter().take(stacks.len()).enumerate() {
+        let s = &r.stats;
+        table.row(vec![
+            (i + 1).to_string(),
+            render::bytes(s.alloc_bytes),
+            render::count(s.alloc_count),
+            render::bytes(s.peak_bytes),
+            render::bytes(s.live_bytes),
+            render::count(s.temporary_count),
+        ]);
+    }
+    let lines = table.lines("");
+    // Stack lines start under the first column after the rank.
+    let indent = " ".repeat(lines[0].find('#').unwrap_or(0) + 3);
+    writeln!(out, "{}", lines[0])?;
+    for (i, stack) in stacks.iter().enumerate() {
+        writeln!(out, "{}", lines[i + 1])?;
+        report::write_stack_text(out, stack, &indent)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The analyzer's integration tests, one binary (ripgrep's `tests/tests.rs` layout).
+
+// Helpers: temp trace files, in-process runs.
+mod support;
+
+// Bad input and exit codes, in-process and through the real binary.
+mod errors;
+// The JSON contract of each report.
+mod json;
+// `dump` lines, exactly.
+mod dump;
+// Replay against a trivial model on random sequences.
+mod model;
+// Exact numbers of summary, top and leaks.
+mod reports;
+// Symbolization of a real binary built with gcc.
+mod symbols;

@@ -1,0 +1,16 @@
+//! End-to-end tests: fixture programs from `tests/fixtures/` run under `libmemtrace.so`, their traces
+//! read back through `memtrace-analyze --format json`, and the numbers compared with what each
+//! fixture is known to do (its header comment lists them).
+//!
+//! One module per scenario. The support library (`support/lib.rs`) builds the release preload and
+//! analyzer on first use, or takes `MEMTRACE_PRELOAD` / `MEMTRACE_ANALYZE`.
+
+mod alloc_kinds;
+mod bad_input;
+mod behaviour;
+mod cpp;
+mod edge_cases;
+mod exits;
+mod heaptrack;
+mod python;
+mod threads;
