@@ -1,4 +1,4 @@
-//! Every symbol libmemtrace.so exports: the malloc family, `_exit`/`_Exit`, and
+//! Every symbol libmemtrace.so exports: the malloc family, `_exit`/`_Exit`, `dlclose`, and
 //! `memtrace_snapshot`. Each is a thin trampoline: call the real function, keep libc's semantics
 //! (NULL and errno on failure, posix_memalign's return codes), and record the event through
 //! `record.rs` while holding the re-entrancy guard.
@@ -179,6 +179,19 @@ pub extern "C" fn _exit(status: c_int) -> ! {
 pub extern "C" fn _Exit(status: c_int) -> ! {
     init::on_underscore_exit();
     real::exit_now(status)
+}
+
+/// Interposes `dlclose`: once the library is unmapped, the module map is rescanned and the unload
+/// recorded, so that a library loaded later at the same addresses is never taken for the old one.
+///
+/// # Safety
+/// `handle` is what `dlclose(3)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
+    // SAFETY: the caller's contract under dlclose(3).
+    let rc = unsafe { real::dlclose(handle) };
+    trace(record::modules_rescan);
+    rc
 }
 
 /// Records a named point in the trace. Programs find it with `dlsym(RTLD_DEFAULT,

@@ -3,9 +3,11 @@
 //! glibc exports `__libc_malloc` and friends precisely so that an interposer can forward to them
 //! before anything is initialized. There is no `__libc_posix_memalign` or public
 //! `__libc_reallocarray`: `hooks.rs` checks those functions' arguments itself and calls
-//! `memalign` / `realloc` here. `_exit` is resolved lazily with `dlsym(RTLD_NEXT)`.
+//! `memalign` / `realloc` here. `dlclose` is resolved lazily
+//! with `dlsym(RTLD_NEXT)`; `_exit` is the `exit_group` system call.
 
-use core::ffi::c_void;
+use core::ffi::{c_int, c_void};
+use core::sync::atomic::{AtomicUsize, Ordering};
 use libc::size_t;
 
 unsafe extern "C" {
@@ -78,6 +80,27 @@ pub fn valloc(size: usize) -> *mut c_void {
 pub fn pvalloc(size: usize) -> *mut c_void {
     // SAFETY: __libc_pvalloc accepts any size.
     unsafe { libc_pvalloc(size) }
+}
+
+/// The next `dlclose` after ours (libc's), found with `dlsym(RTLD_NEXT)` on first use.
+///
+/// # Safety
+/// `handle` is what `dlclose(3)` accepts.
+pub unsafe fn dlclose(handle: *mut c_void) -> c_int {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut f = NEXT.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT resolves past this library.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"dlclose".as_ptr()) } as usize;
+        if f == 0 {
+            return -1;
+        }
+        NEXT.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is the address of libc's dlclose, whose signature this is.
+    let next: unsafe extern "C" fn(*mut c_void) -> c_int = unsafe { core::mem::transmute(f) };
+    // SAFETY: the caller's contract under dlclose(3).
+    unsafe { next(handle) }
 }
 
 /// Ends the process as `_exit(status)` does, without running our hook again.

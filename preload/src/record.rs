@@ -73,6 +73,16 @@ pub fn end() {
     });
 }
 
+/// Rescans the loaded modules if the loader's list changed, and records what changed. Called
+/// outside the allocator (after `dlclose`), so it may wait for another thread's rescan.
+pub fn modules_rescan() {
+    if modules::changed_since_scan()
+        && let Some(changes) = modules::rescan(true)
+    {
+        modules_changed(&changes);
+    }
+}
+
 /// Writes module and unload records for what a rescan found, from the calling thread.
 pub fn modules_changed(changes: &modules::Changes) {
     with(|_, w| write_module_changes(w, changes));
