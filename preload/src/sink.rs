@@ -234,6 +234,19 @@ impl Sink {
         }))
     }
 
+    /// Hands a finished chunk's pages back to the kernel. Its bytes stay in the page cache and the
+    /// file (a shared file mapping refaults them from there), but no longer count as the traced
+    /// program's resident memory: without this a long run's RSS would grow with its trace.
+    pub fn retire(&self, chunk: Claim) {
+        if chunk.epoch != self.epoch() {
+            return;
+        }
+        // SAFETY: the chunk is a page-aligned range (chunks start and end on GRANULE, a multiple
+        // of the page size) of our shared file mapping, and only the retiring thread wrote it;
+        // MADV_DONTNEED on a shared file mapping drops page-table entries, never data.
+        unsafe { libc::madvise(chunk.ptr.cast(), chunk.len, libc::MADV_DONTNEED) };
+    }
+
     /// Extends the file by `step` bytes and maps them. Caller holds `grow`.
     fn grow_locked(&self, step: usize) -> Result<(), String> {
         let fd = self.fd.load(Ordering::Relaxed);

@@ -114,6 +114,9 @@ impl ChunkWriter {
 
     fn new_chunk(&mut self, base_time: u64) -> Result<(), WriteError> {
         let len = self.next_len;
+        if let Some(done) = self.claim.take() {
+            SINK.retire(done);
+        }
         let claim = match SINK.claim(len) {
             Ok(Some(c)) => c,
             Ok(None) => return Err(WriteError::Closed),
