@@ -7,6 +7,7 @@
 //! reads files or knows about records: [`crate::replay`] drives them.
 
 use rustc_hash::FxHashMap;
+use std::collections::hash_map::Entry;
 
 /// One live block: what the heap remembers about an address between its allocation and its free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,11 +34,17 @@ impl LiveHeap {
     #[inline]
     pub fn insert(&mut self, addr: u64, block: Block) -> Option<Block> {
         self.bytes = self.bytes.wrapping_add(block.size);
-        let old = self.blocks.insert(addr, block);
-        if let Some(old) = old {
-            self.bytes = self.bytes.wrapping_sub(old.size);
+        match self.blocks.entry(addr) {
+            Entry::Vacant(v) => {
+                v.insert(block);
+                None
+            }
+            Entry::Occupied(mut o) => {
+                let old = o.insert(block);
+                self.bytes = self.bytes.wrapping_sub(old.size);
+                Some(old)
+            }
         }
-        old
     }
 
     /// Releases `addr`, returning its block if it was live.

@@ -8,7 +8,7 @@
 //! (another thread interned it a moment earlier), so stacks are resolved at report time only.
 
 use crate::heap::{Block, LiveHeap, StackTable};
-use memtrace_format::{Frame, ModuleInfo, Record, ThreadRecord};
+use memtrace_format::{Frame, ModuleInfo, Record, Records, ThreadRecord};
 use rustc_hash::FxHashMap;
 
 /// Where the replay is when an observer is called.
@@ -178,7 +178,10 @@ pub struct Totals {
 ///   no free came after the most recent allocation and the freed block has the same size and stack
 ///   as that allocation (heaptrack compares its (size, trace) "allocation info", not the block).
 ///   Frees of unknown addresses are ignored, as heaptrack's interpreter drops them. The literal
-///   definition (that very block) is counted too, as `temporary_allocs_strict`.
+///   definition (that very block) is counted too, as `temporary_allocs_strict`. The rule is applied
+///   to each thread's own sequence of calls: heaptrack applies it to its one serialized stream, where
+///   the answer depends on how the threads happened to interleave, while "freed before this code
+///   allocated anything else" is a property of the code.
 /// - *Late reallocs*: glibc releases a moved block inside `realloc`, before the tracer can record
 ///   the realloc, so another thread may be handed the old address, and record that, first. The
 ///   replay then sees an allocation at a live address: it releases the old block there (the free
@@ -190,15 +193,25 @@ pub struct Replayer {
     heap: LiveHeap,
     totals: Totals,
     ctx: Ctx,
-    /// (size, stack) of the most recent allocation, until a matched free: heaptrack's
-    /// `lastAllocationPtr` (an allocation-info index).
-    last_info: Option<(u64, u32)>,
-    /// Address of the most recent allocation, until a matched free.
-    last_addr: Option<u64>,
+    /// Per thread (by index), the most recent allocation until that thread's next matched free.
+    windows: Vec<Window>,
     /// Addresses allocated while still live, with the allocating thread: candidates for a late
     /// realloc. Only as large as the number of such anomalies.
     displaced: FxHashMap<u64, u32>,
 }
+
+/// A thread's most recent allocation, until that thread's next matched free: heaptrack's
+/// `lastAllocationPtr`, kept per thread.
+#[derive(Clone, Copy, Default)]
+struct Window {
+    /// (size, stack) of the allocation: heaptrack compares this "allocation info".
+    info: Option<(u64, u32)>,
+    /// Its address, for the strict count.
+    addr: Option<u64>,
+}
+
+/// Threads with a window of their own.
+const MAX_WINDOWS: usize = 1 << 16;
 
 /// Beyond this many unexplained re-allocations of live addresses, forget the oldest evidence (the
 /// trace is then missing frees wholesale, and late reallocs are the least of its problems).
@@ -227,6 +240,15 @@ impl Replayer {
         }
     }
 
+    /// Applies every remaining record of a trace's stream: [`Replayer::run`] over [`Records`], the
+    /// fast way (records are applied where they are decoded, never moved).
+    pub fn run_records<O: Observer>(&mut self, records: &mut Records<'_>, obs: &mut O) {
+        records.for_each_ref(
+            #[inline(always)]
+            |thread, record| self.apply(thread, record, obs),
+        );
+    }
+
     #[inline]
     fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) {
         if let Some(old) = self.heap.insert(addr, block) {
@@ -236,8 +258,10 @@ impl Replayer {
         self.totals.alloc_calls += 1;
         self.totals.total_allocated_bytes =
             self.totals.total_allocated_bytes.wrapping_add(block.size);
-        self.last_info = Some((block.size, block.stack));
-        self.last_addr = Some(addr);
+        *self.window() = Window {
+            info: Some((block.size, block.stack)),
+            addr: Some(addr),
+        };
         let live = self.heap.bytes();
         if live > self.totals.peak_live_bytes {
             self.totals.peak_live_bytes = live;
@@ -276,18 +300,29 @@ impl Replayer {
         }
     }
 
+    /// The calling thread's temporary-allocation window. Thread indices are small and dense;
+    /// past [`MAX_WINDOWS`] (only a corrupt trace gets there) threads share the last slot.
+    #[inline]
+    fn window(&mut self) -> &mut Window {
+        let t = (self.ctx.thread as usize).min(MAX_WINDOWS - 1);
+        if t >= self.windows.len() {
+            self.windows.resize(t + 1, Window::default());
+        }
+        &mut self.windows[t]
+    }
+
     /// Releases `addr` if it is live; returns whether it was.
     #[inline]
     fn release(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
         match self.heap.remove(addr) {
             Some(block) => {
-                let temporary = self.last_info == Some((block.size, block.stack));
-                if self.last_addr == Some(addr) {
+                let window = core::mem::take(self.window());
+                let temporary = window.info == Some((block.size, block.stack));
+                if window.addr == Some(addr) {
                     self.totals.temporary_allocs_strict += 1;
                 }
-                // Like heaptrack, any matched free ends the "most recent allocation" window.
-                self.last_info = None;
-                self.last_addr = None;
+                // Like heaptrack, any matched free ends the "most recent allocation" window (of the
+                // freeing thread).
                 if temporary {
                     self.totals.temporary_allocs += 1;
                 }
@@ -299,7 +334,7 @@ impl Replayer {
     }
 
     /// Applies one record written by `thread`.
-    #[inline]
+    #[inline(always)]
     pub fn apply<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
         self.totals.records += 1;
         self.ctx.thread = thread;

@@ -67,116 +67,200 @@ fn read_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     Some(bytes)
 }
 
+#[inline(always)]
 fn read_u32(data: &[u8], pos: &mut usize) -> Option<u32> {
     u32::try_from(read_u64(data, pos)?).ok()
 }
 
 /// Decodes the record at `data[pos..]`, where `data` is a chunk's bytes (header included) and `st`
 /// its delta state, which is advanced on success.
+#[inline]
 pub fn decode_record(data: &[u8], pos: usize, st: &mut ChunkState) -> Decoded {
+    match decode_step(data, pos, st) {
+        Step::Event(e, next) => Decoded::Record(e.record(st), next),
+        Step::Other(r, next) => Decoded::Record(*r, next),
+        Step::End => Decoded::End,
+        Step::Invalid => Decoded::Invalid,
+    }
+}
+
+/// A heap event as the reader's hot path decodes it: small and `Copy`, without its time and (new)
+/// address, which are the chunk state's after decoding it. [`Event::record`] makes the [`Record`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Event {
+    Alloc {
+        kind: AllocKind,
+        stack: u32,
+        size: u64,
+    },
+    Realloc {
+        stack: u32,
+        size: u64,
+        old: u64,
+    },
+    Free,
+}
+
+impl Event {
+    /// The record, given the chunk state right after the event was decoded.
+    #[inline(always)]
+    pub(crate) fn record(self, st: &ChunkState) -> Record {
+        match self {
+            Event::Alloc { kind, stack, size } => Record::Alloc {
+                time: st.time,
+                kind,
+                stack,
+                size,
+                addr: st.addr,
+            },
+            Event::Realloc { stack, size, old } => Record::Realloc {
+                time: st.time,
+                stack,
+                size,
+                old,
+                new: st.addr,
+            },
+            Event::Free => Record::Free {
+                time: st.time,
+                addr: st.addr,
+            },
+        }
+    }
+}
+
+/// [`Decoded`] for the reader's hot path: heap events stay small ([`Event`]), and the rare records
+/// are boxed so that no step carries a whole [`Record`] around.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Event(Event, usize),
+    Other(Box<Record>, usize),
+    End,
+    Invalid,
+}
+
+/// [`decode_record`], as a [`Step`].
+#[inline(always)]
+pub(crate) fn decode_step(data: &[u8], pos: usize, st: &mut ChunkState) -> Step {
     let Some(&t) = data.get(pos) else {
-        return Decoded::End;
+        return Step::End;
     };
     if t == tag::PAD {
-        return Decoded::End;
+        return Step::End;
     }
     let mut p = pos + 1;
+    // The state changes only once the whole record has decoded.
     let mut next = *st;
-    let record = (|| -> Option<Record> {
-        Some(match t {
-            _ if (tag::ALLOC..tag::ALLOC + 7).contains(&t) => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                let stack = read_u32(data, &mut p)?;
-                let size = read_u64(data, &mut p)?;
-                next.addr = read_delta(data, &mut p, next.addr)?;
-                Record::Alloc {
-                    time: next.time,
-                    kind: AllocKind::from_u8(t - tag::ALLOC)?,
-                    stack,
-                    size,
-                    addr: next.addr,
-                }
-            }
-            tag::REALLOC => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                let stack = read_u32(data, &mut p)?;
-                let size = read_u64(data, &mut p)?;
-                let old = read_delta(data, &mut p, next.addr)?;
-                next.addr = read_delta(data, &mut p, old)?;
-                Record::Realloc {
-                    time: next.time,
-                    stack,
-                    size,
-                    old,
-                    new: next.addr,
-                }
-            }
-            tag::FREE => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                next.addr = read_delta(data, &mut p, next.addr)?;
-                Record::Free {
-                    time: next.time,
-                    addr: next.addr,
-                }
-            }
-            tag::STACK => {
-                let id = read_u32(data, &mut p)?;
-                let n = usize::try_from(read_u64(data, &mut p)?).ok()?;
-                if n > MAX_FRAMES {
-                    return None;
-                }
-                let mut frames = Vec::with_capacity(n);
-                let mut module = 0i64;
-                for _ in 0..n {
-                    module = module.checked_add(unzigzag(read_u64(data, &mut p)?))?;
-                    let offset = read_u64(data, &mut p)?;
-                    frames.push(Frame {
-                        module: u32::try_from(module).ok()?,
-                        offset,
-                    });
-                }
-                Record::Stack { id, frames }
-            }
-            tag::MODULE => {
-                let len = usize::try_from(read_u64(data, &mut p)?).ok()?;
-                if len > MAX_MODULE_RECORD_LEN {
-                    return None;
-                }
-                let end = p.checked_add(len)?;
-                let module: ModuleInfo = bincode_read(data.get(p..end)?)?;
-                p = end;
-                Record::Module(module)
-            }
-            tag::MODULE_UNLOAD => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                Record::ModuleUnload {
-                    time: next.time,
-                    id: read_u32(data, &mut p)?,
-                }
-            }
-            tag::MARK => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                let label = String::from_utf8_lossy(read_bytes(data, &mut p)?).into_owned();
-                Record::Mark {
-                    time: next.time,
-                    label,
-                }
-            }
-            tag::THREAD_NAME => Record::ThreadName {
-                name: String::from_utf8_lossy(read_bytes(data, &mut p)?).into_owned(),
-            },
-            tag::END => {
-                next.time = next.time.wrapping_add(read_u64(data, &mut p)?);
-                Record::End { time: next.time }
-            }
-            _ => return None,
-        })
-    })();
-    match record {
-        Some(r) => {
+    let event = decode_event(data, &mut p, t, &mut next);
+    match event {
+        Some(e) => {
             *st = next;
-            Decoded::Record(r, p)
+            Step::Event(e, p)
         }
-        None => Decoded::Invalid,
+        None => decode_other(data, pos + 1, t, st),
     }
+}
+
+/// The body of a heap event with tag `t` at `data[*p..]`, advancing `p` and `next`; `None` for any
+/// other tag, and for a heap event that does not decode.
+#[inline(always)]
+fn decode_event(data: &[u8], p: &mut usize, t: u8, next: &mut ChunkState) -> Option<Event> {
+    Some(match t {
+        tag::FREE => {
+            next.time = next.time.wrapping_add(read_u64(data, p)?);
+            next.addr = read_delta(data, p, next.addr)?;
+            Event::Free
+        }
+        _ if (tag::ALLOC..tag::ALLOC + 7).contains(&t) => {
+            next.time = next.time.wrapping_add(read_u64(data, p)?);
+            let stack = read_u32(data, p)?;
+            let size = read_u64(data, p)?;
+            next.addr = read_delta(data, p, next.addr)?;
+            Event::Alloc {
+                kind: AllocKind::from_u8(t - tag::ALLOC)?,
+                stack,
+                size,
+            }
+        }
+        tag::REALLOC => {
+            next.time = next.time.wrapping_add(read_u64(data, p)?);
+            let stack = read_u32(data, p)?;
+            let size = read_u64(data, p)?;
+            let old = read_delta(data, p, next.addr)?;
+            next.addr = read_delta(data, p, old)?;
+            Event::Realloc { stack, size, old }
+        }
+        _ => return None,
+    })
+}
+
+/// Every record that is not a heap event (stacks, modules, marks, names, the end), and any record
+/// that does not decode: out of line, off the hot path.
+#[cold]
+#[inline(never)]
+fn decode_other(data: &[u8], mut p: usize, t: u8, st: &mut ChunkState) -> Step {
+    let mut time = st.time;
+    match decode_other_record(data, &mut p, t, &mut time) {
+        Some(r) => {
+            st.time = time;
+            Step::Other(Box::new(r), p)
+        }
+        None => Step::Invalid,
+    }
+}
+
+fn decode_other_record(data: &[u8], p: &mut usize, t: u8, time: &mut u64) -> Option<Record> {
+    if matches!(t, tag::FREE | tag::REALLOC) || (tag::ALLOC..tag::ALLOC + 7).contains(&t) {
+        // A heap event that did not decode.
+        return None;
+    }
+    Some(match t {
+        tag::STACK => {
+            let id = read_u32(data, p)?;
+            let n = usize::try_from(read_u64(data, p)?).ok()?;
+            if n > MAX_FRAMES {
+                return None;
+            }
+            let mut frames = Vec::with_capacity(n);
+            let mut module = 0i64;
+            for _ in 0..n {
+                module = module.checked_add(unzigzag(read_u64(data, p)?))?;
+                let offset = read_u64(data, p)?;
+                frames.push(Frame {
+                    module: u32::try_from(module).ok()?,
+                    offset,
+                });
+            }
+            Record::Stack { id, frames }
+        }
+        tag::MODULE => {
+            let len = usize::try_from(read_u64(data, p)?).ok()?;
+            if len > MAX_MODULE_RECORD_LEN {
+                return None;
+            }
+            let end = p.checked_add(len)?;
+            let module: ModuleInfo = bincode_read(data.get(*p..end)?)?;
+            *p = end;
+            Record::Module(module)
+        }
+        tag::MODULE_UNLOAD => {
+            *time = time.wrapping_add(read_u64(data, p)?);
+            Record::ModuleUnload {
+                time: *time,
+                id: read_u32(data, p)?,
+            }
+        }
+        tag::MARK => {
+            *time = time.wrapping_add(read_u64(data, p)?);
+            let label = String::from_utf8_lossy(read_bytes(data, p)?).into_owned();
+            Record::Mark { time: *time, label }
+        }
+        tag::THREAD_NAME => Record::ThreadName {
+            name: String::from_utf8_lossy(read_bytes(data, p)?).into_owned(),
+        },
+        tag::END => {
+            *time = time.wrapping_add(read_u64(data, p)?);
+            Record::End { time: *time }
+        }
+        _ => return None,
+    })
 }

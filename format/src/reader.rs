@@ -5,7 +5,7 @@
 //! number of chunks and threads, never with the number of records, so multi-gigabyte traces stream. Everything that is wrong inside
 //! an opened trace (a torn tail, a corrupt chunk) becomes a warning, and the records before it are kept.
 
-use crate::decode::{Decoded, bincode_read, decode_chunk_header, decode_record};
+use crate::decode::{Event, Step, bincode_read, decode_chunk_header, decode_step};
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
@@ -236,10 +236,17 @@ impl Trace {
 
     /// All records of all threads, merged in time order (FORMAT.md §6).
     pub fn records(&self) -> Records<'_> {
-        let mut cursors: Vec<Cursor> = self
-            .threads
-            .iter()
-            .map(|t| Cursor {
+        let mut records = Records {
+            bytes: &self.bytes,
+            cursors: Vec::with_capacity(self.threads.len()),
+            current: None,
+            heap: BinaryHeap::with_capacity(self.threads.len()),
+            warnings: Vec::new(),
+            saw_end: false,
+            finished: false,
+        };
+        for t in &self.threads {
+            let mut c = Cursor {
                 thread: t.thread,
                 chunks: &t.chunks,
                 chunk: 0,
@@ -248,23 +255,15 @@ impl Trace {
                 data: Vec::new(),
                 loaded: false,
                 pending: None,
-            })
-            .collect();
-        let mut records = Records {
-            bytes: &self.bytes,
-            heap: BinaryHeap::with_capacity(cursors.len()),
-            warnings: Vec::new(),
-            saw_end: false,
-            finished: false,
-            cursors: Vec::new(),
-        };
-        for (i, c) in cursors.iter_mut().enumerate() {
-            if let Some(r) = c.advance(&self.bytes, &mut records.warnings) {
+            };
+            if let Some(next) = c.step(&self.bytes, &mut records.warnings) {
+                c.pending = Some(next);
+                let i = records.cursors.len();
                 records.heap.push(Reverse((c.st.time, c.thread, i)));
-                c.pending = Some(r);
             }
+            records.cursors.push(c);
         }
-        records.cursors = cursors;
+        records.current = records.heap.pop().map(|Reverse((_, _, i))| i);
         records
     }
 }
@@ -279,12 +278,55 @@ struct Cursor<'a> {
     /// The current chunk's bytes.
     data: Vec<u8>,
     loaded: bool,
-    pending: Option<Record>,
+    /// The thread's next record when it was decoded before its turn (its time is `st.time`).
+    pending: Option<Next>,
+}
+
+/// A thread's next record as the merge's hot path sees it: a heap event unbuilt, anything else
+/// decoded and boxed.
+enum Next {
+    Event(Event),
+    Other(Box<Record>),
+}
+
+impl Next {
+    /// The record, given the state of its cursor right after decoding it.
+    #[inline(always)]
+    fn record(self, st: &ChunkState) -> Record {
+        match self {
+            Next::Event(e) => e.record(st),
+            Next::Other(r) => *r,
+        }
+    }
 }
 
 impl Cursor<'_> {
-    /// Decodes this thread's next record, moving on to its next chunk at the end of one.
-    fn advance(&mut self, bytes: &Bytes, warnings: &mut Vec<String>) -> Option<Record> {
+    /// Decodes this thread's next record, moving on to its next chunk at the end of one. A heap
+    /// event's record is not built: its time and address are `self.st`'s (see [`Next::record`]).
+    #[inline(always)]
+    fn step(&mut self, bytes: &Bytes, warnings: &mut Vec<String>) -> Option<Next> {
+        if self.loaded {
+            match decode_step(&self.data, self.pos, &mut self.st) {
+                Step::Event(e, next) => {
+                    self.pos = next;
+                    return Some(Next::Event(e));
+                }
+                Step::Other(r, next) => {
+                    self.pos = next;
+                    return Some(Next::Other(r));
+                }
+                Step::End | Step::Invalid => {}
+            }
+        }
+        self.next_chunk(bytes, warnings)
+    }
+
+    /// [`Cursor::step`] at the end of a chunk (or before the first): the end or the corruption
+    /// that stopped the current chunk is dealt with, then the next chunks are read until one yields
+    /// a record.
+    #[cold]
+    #[inline(never)]
+    fn next_chunk(&mut self, bytes: &Bytes, warnings: &mut Vec<String>) -> Option<Next> {
         loop {
             let c = self.chunks.get(self.chunk)?;
             if !self.loaded {
@@ -293,13 +335,17 @@ impl Cursor<'_> {
                 self.pos = CHUNK_HEADER_SIZE;
                 self.loaded = true;
             }
-            match decode_record(&self.data, self.pos, &mut self.st) {
-                Decoded::Record(r, next) => {
+            match decode_step(&self.data, self.pos, &mut self.st) {
+                Step::Event(e, next) => {
                     self.pos = next;
-                    return Some(r);
+                    return Some(Next::Event(e));
                 }
-                Decoded::End => {}
-                Decoded::Invalid => {
+                Step::Other(r, next) => {
+                    self.pos = next;
+                    return Some(Next::Other(r));
+                }
+                Step::End => {}
+                Step::Invalid => {
                     let at = c.offset + self.pos;
                     if c.len < c.header.len as usize && self.pos + 32 >= c.len {
                         // Cut by the end of the file; the truncation warning is already given.
@@ -328,9 +374,18 @@ pub struct ThreadRecord {
 
 /// Iterator over the merged records of a trace. Untimed records (stacks, modules, thread names) come
 /// out in their thread's order, stamped with that thread's time.
+///
+/// The thread whose record is next stays out of the heap of the others, and its records are decoded
+/// only when asked for: while its following record is still earlier than every other thread's next
+/// one, which is most of the time (threads run in stretches), the merge costs one comparison with
+/// the heap's top per record and the record goes straight to the caller; otherwise the record waits
+/// in its cursor and that thread and the heap's top swap places with a single sift-down.
 pub struct Records<'a> {
     bytes: &'a Bytes,
     cursors: Vec<Cursor<'a>>,
+    /// The cursor holding the next record (the least `(time, thread)`), if any is left.
+    current: Option<usize>,
+    /// The other cursors that still have a record, by `(time, thread, cursor)`.
     heap: BinaryHeap<Reverse<(u64, u32, usize)>>,
     warnings: Vec<String>,
     saw_end: bool,
@@ -343,34 +398,185 @@ impl Records<'_> {
     pub fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
+
+    /// Calls `f` with every remaining record and its thread, in the iterator's order, and ends the
+    /// stream as the iterator's end does. It is iteration without moving each record out to the
+    /// caller: the thread that is next runs in a tight loop, its records decoded and handed over in
+    /// place, for as long as they come before every other thread's next record.
+    pub fn for_each_ref(&mut self, mut f: impl FnMut(u32, &Record)) {
+        let Records {
+            bytes,
+            cursors,
+            current,
+            heap,
+            warnings,
+            saw_end,
+            ..
+        } = self;
+        while let Some(i) = *current {
+            let cursor = &mut cursors[i];
+            let thread = cursor.thread;
+            if let Some(next) = cursor.pending.take() {
+                let r = next.record(&cursor.st);
+                *saw_end |= matches!(r, Record::End { .. });
+                f(thread, &r);
+            }
+            // Keys of distinct threads never tie, so "not after the heap's top" means "before it";
+            // with an empty heap no key is after the bound.
+            let bound = heap
+                .peek()
+                .map_or((u64::MAX, u32::MAX), |Reverse((t, th, _))| (*t, *th));
+            loop {
+                let Some(next) = cursor.step(bytes, warnings) else {
+                    *current = heap.pop().map(|Reverse((_, _, j))| j);
+                    break;
+                };
+                let key = (cursor.st.time, thread);
+                if key > bound {
+                    cursor.pending = Some(next);
+                    if let Some(mut top) = heap.peek_mut() {
+                        *current = Some(top.0.2);
+                        *top = Reverse((key.0, key.1, i));
+                    }
+                    break;
+                }
+                match next {
+                    Next::Event(e) => f(thread, &e.record(&cursor.st)),
+                    Next::Other(r) => {
+                        *saw_end |= matches!(*r, Record::End { .. });
+                        f(thread, &r);
+                    }
+                }
+            }
+        }
+        self.finish();
+    }
+
+    #[cold]
+    fn finish(&mut self) {
+        if !self.finished {
+            self.finished = true;
+            if !self.saw_end {
+                self.warnings.push(
+                    "the trace has no end record: the program was killed or crashed (or is \
+                     still running); records up to the last complete one are used"
+                        .into(),
+                );
+            }
+        }
+    }
 }
 
 impl Iterator for Records<'_> {
     type Item = ThreadRecord;
 
+    #[inline]
     fn next(&mut self) -> Option<ThreadRecord> {
-        let Some(Reverse((_, thread, i))) = self.heap.pop() else {
-            if !self.finished {
-                self.finished = true;
-                if !self.saw_end {
-                    self.warnings.push(
-                        "the trace has no end record: the program was killed or crashed (or is \
-                         still running); records up to the last complete one are used"
-                            .into(),
-                    );
+        loop {
+            let Some(i) = self.current else {
+                self.finish();
+                return None;
+            };
+            let cursor = &mut self.cursors[i];
+            let thread = cursor.thread;
+            // A record decoded while another thread was next: it is the least now.
+            let record = match cursor.pending.take() {
+                Some(next) => next.record(&cursor.st),
+                None => {
+                    let Some(next) = cursor.step(self.bytes, &mut self.warnings) else {
+                        self.current = self.heap.pop().map(|Reverse((_, _, j))| j);
+                        continue;
+                    };
+                    let key = (cursor.st.time, thread);
+                    if let Some(mut top) = self.heap.peek_mut() {
+                        let Reverse((time, other, j)) = *top;
+                        if (time, other) < key {
+                            // Another thread is next: this one takes its place in the heap.
+                            cursor.pending = Some(next);
+                            *top = Reverse((key.0, key.1, i));
+                            self.current = Some(j);
+                            continue;
+                        }
+                    }
+                    next.record(&cursor.st)
                 }
+            };
+            if let Record::End { .. } = record {
+                self.saw_end = true;
             }
-            return None;
-        };
-        let cursor = &mut self.cursors[i];
-        let record = cursor.pending.take()?;
-        if let Some(next) = cursor.advance(self.bytes, &mut self.warnings) {
-            cursor.pending = Some(next);
-            self.heap.push(Reverse((cursor.st.time, cursor.thread, i)));
+            return Some(ThreadRecord { thread, record });
         }
-        if matches!(record, Record::End { .. }) {
-            self.saw_end = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builder::TraceBuilder;
+    use crate::record::{AllocKind, Frame};
+    use proptest::prelude::*;
+
+    /// The records of a read, with their threads, and its warnings.
+    type Read = (Vec<(u32, Record)>, Vec<String>);
+
+    /// Both ways of reading a trace: the iterator, and `for_each_ref`.
+    fn both_ways(bytes: Vec<u8>) -> Option<[Read; 2]> {
+        let trace = Trace::from_bytes(bytes, "t").ok()?;
+        let mut it = trace.records();
+        let a: Vec<(u32, Record)> = it.by_ref().map(|r| (r.thread, r.record)).collect();
+        let wa = it.take_warnings();
+        let mut fe = trace.records();
+        let mut b = Vec::new();
+        fe.for_each_ref(|thread, r| b.push((thread, r.clone())));
+        let wb = fe.take_warnings();
+        Some([(a, wa), (b, wb)])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Threads interleaved in every way (long stretches, a switch every record, equal times),
+        /// all kinds of records, with or without flipped bytes: `for_each_ref` is the iterator.
+        #[test]
+        fn for_each_ref_is_the_iterator(
+            steps in prop::collection::vec((1u32..5, 0u64..3, 0u8..10, any::<u64>()), 0..3000),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            end: bool,
+        ) {
+            let mut b = TraceBuilder::new(&TraceBuilder::test_header());
+            let mut times = [0u64; 5];
+            for (thread, dt, what, x) in steps {
+                let t = &mut times[thread as usize];
+                *t += dt;
+                let time = *t;
+                let r = match what {
+                    0..=3 => Record::Alloc {
+                        time,
+                        kind: AllocKind::from_u8((x % 7) as u8).unwrap(),
+                        stack: (x >> 8) as u32 % 100,
+                        size: x >> 20,
+                        addr: x.rotate_left(17),
+                    },
+                    4 => Record::Realloc { time, stack: 3, size: x >> 40, old: x, new: x >> 3 },
+                    5..=7 => Record::Free { time, addr: x.rotate_left(17) },
+                    8 => Record::Stack {
+                        id: (x % 50) as u32 + 1,
+                        frames: vec![Frame { module: 0, offset: x }; (x % 5) as usize],
+                    },
+                    _ => Record::Mark { time, label: format!("m{x}") },
+                };
+                b.push(thread, &r);
+            }
+            if end {
+                b.push(1, &Record::End { time: times[1] });
+            }
+            let mut bytes = b.finish();
+            for (idx, v) in flips {
+                let i = idx.index(bytes.len());
+                bytes[i] ^= v | 1;
+            }
+            if let Some([a, b]) = both_ways(bytes) {
+                prop_assert_eq!(a, b);
+            }
         }
-        Some(ThreadRecord { thread, record })
     }
 }

@@ -24,8 +24,41 @@ pub fn write_u64(buf: &mut [u8], pos: &mut usize, mut value: u64) -> Option<()> 
 
 /// Reads a LEB128 `u64` from `buf[*pos..]` and advances `pos`. `None` if the buffer ends first or the
 /// encoding is longer than ten bytes.
-#[inline]
+///
+/// This is the innermost loop of every reader, so the common cases take no loop at all: a one-byte
+/// varint is one compare, and a varint of up to eight bytes with eight bytes of buffer behind it is
+/// decoded from one 64-bit load with a few masks and shifts. Anything else takes the byte loop.
+#[inline(always)]
 pub fn read_u64(buf: &[u8], pos: &mut usize) -> Option<u64> {
+    let p = *pos;
+    let first = *buf.get(p)?;
+    if first < 0x80 {
+        *pos = p + 1;
+        return Some(u64::from(first));
+    }
+    if let Some(word) = buf.get(p..p + 8) {
+        let word = u64::from_le_bytes(word.try_into().ok()?);
+        // A clear high bit marks the last byte of the varint.
+        let ends = !word & 0x8080_8080_8080_8080;
+        if ends != 0 {
+            let bits = ends.trailing_zeros() + 1; // 8 * length in bytes
+            *pos = p + (bits / 8) as usize;
+            // Keep the varint's bytes, drop their high bits, then close the gaps between the 7-bit
+            // groups: pairs, then quads, then the two halves.
+            let mut x = word & (u64::MAX >> (64 - bits)) & 0x7f7f_7f7f_7f7f_7f7f;
+            x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+            x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+            x = (x & 0x0000_0000_0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+            return Some(x);
+        }
+    }
+    read_u64_loop(buf, pos)
+}
+
+/// [`read_u64`] a byte at a time: long varints, and varints near the end of the buffer.
+#[cold]
+#[inline(never)]
+fn read_u64_loop(buf: &[u8], pos: &mut usize) -> Option<u64> {
     let mut value = 0u64;
     let mut shift = 0u32;
     loop {
@@ -64,7 +97,7 @@ pub fn write_delta(buf: &mut [u8], pos: &mut usize, base: u64, value: u64) -> Op
 }
 
 /// Reads a zigzag varint delta and applies it to `base` (wrapping).
-#[inline]
+#[inline(always)]
 pub fn read_delta(buf: &[u8], pos: &mut usize, base: u64) -> Option<u64> {
     read_u64(buf, pos).map(|d| base.wrapping_add(unzigzag(d) as u64))
 }
@@ -113,6 +146,21 @@ mod tests {
             let mut rpos = 0;
             prop_assert_eq!(read_u64(&buf, &mut rpos), Some(v));
             prop_assert_eq!(rpos, pos);
+        }
+
+        #[test]
+        fn fast_and_byte_loop_reads_agree(bytes: Vec<u8>, start in 0usize..16) {
+            // Any bytes at all, read at any position: the one-load path and the byte loop must agree
+            // on the value, the length and on what they refuse.
+            let start = start.min(bytes.len());
+            let mut fast = start;
+            let mut slow = start;
+            let a = read_u64(&bytes, &mut fast);
+            let b = read_u64_loop(&bytes, &mut slow);
+            prop_assert_eq!(a, b);
+            if a.is_some() {
+                prop_assert_eq!(fast, slow);
+            }
         }
 
         #[test]

@@ -50,7 +50,7 @@ pub fn analyze(trace: &Trace) -> Analysis {
     let mut replayer = Replayer::new();
     let mut obs = (StackTable::default(), Definitions::default());
     let mut records = trace.records();
-    replayer.run(records.by_ref(), &mut obs);
+    replayer.run_records(&mut records, &mut obs);
     let warnings = records.take_warnings();
     let (totals, _heap) = replayer.finish();
     let (mut stacks, defs) = obs;

@@ -28,7 +28,7 @@ pub struct Summary {
 pub fn compute(trace: &Trace) -> Summary {
     let mut replayer = Replayer::new();
     let mut records = trace.records();
-    replayer.run(records.by_ref(), &mut ());
+    replayer.run_records(&mut records, &mut ());
     let warnings = records.take_warnings();
     let (totals, _heap) = replayer.finish();
     Summary {

@@ -60,9 +60,8 @@ struct PerStack {
 struct Model {
     live: HashMap<u64, (u64, u32)>,
     stacks: HashMap<u32, PerStack>,
-    /// heaptrack's last allocation info: (size, stack).
-    last: Option<(u64, u32)>,
-    last_addr: Option<u64>,
+    /// Per thread, heaptrack's last allocation info (size, stack) and its address.
+    last: HashMap<u32, ((u64, u32), u64)>,
     displaced: HashMap<u64, u32>,
     alloc_calls: u64,
     free_calls: u64,
@@ -96,16 +95,15 @@ impl Model {
         }
     }
 
-    fn free(&mut self, a: u64) -> bool {
+    fn free(&mut self, thread: u32, a: u64) -> bool {
         let Some(&block) = self.live.get(&a) else {
             return false;
         };
-        let temporary = self.last == Some(block);
-        if self.last_addr == Some(a) {
+        let last = self.last.remove(&thread);
+        let temporary = last.is_some_and(|(info, _)| info == block);
+        if last.is_some_and(|(_, addr)| addr == a) {
             self.temporary_strict += 1;
         }
-        self.last = None;
-        self.last_addr = None;
         self.release(a, temporary);
         true
     }
@@ -118,7 +116,7 @@ impl Model {
                 self.reordered_reallocs += 1;
             }
             _ => {
-                if !self.free(old) {
+                if !self.free(thread, old) {
                     self.unmatched_reallocs += 1;
                 }
             }
@@ -139,8 +137,7 @@ impl Model {
         s.live_count += 1;
         self.alloc_calls += 1;
         self.total += size;
-        self.last = Some((size, stack));
-        self.last_addr = Some(a);
+        self.last.insert(thread, ((size, stack), a));
         let live = self.live_bytes();
         if live > self.peak {
             self.peak = live;
@@ -179,7 +176,7 @@ proptest! {
                 Op::Free { slot } => {
                     b.free(*thread, time, addr(slot));
                     m.free_calls += 1;
-                    if !m.free(addr(slot)) {
+                    if !m.free(*thread, addr(slot)) {
                         m.unmatched_frees += 1;
                     }
                 }

@@ -95,6 +95,22 @@ fn temporary_follows_heaptracks_definition_including_realloc() {
 }
 
 #[test]
+fn temporary_is_judged_per_thread() {
+    // Two threads each allocate and free at once, interleaved in time: each free is temporary for
+    // its own thread, whatever the other thread did in between.
+    let mut b = builder();
+    b.malloc(1, 1, 1, 10, 0xa0); // thread 1: A
+    b.malloc(2, 2, 2, 20, 0xb0); // thread 2: B
+    b.free(1, 3, 0xa0); // thread 1 frees A: its last allocation (1)
+    b.free(2, 4, 0xb0); // thread 2 frees B: its last allocation (2)
+    b.malloc(1, 5, 1, 10, 0xc0); // thread 1: C
+    b.free(2, 6, 0xc0); // thread 2 frees C: not its own last allocation
+    let v = json_of(b, &["summary"]);
+    assert_eq!(int(&v, "temporary_allocs"), 2);
+    assert_eq!(int(&v, "temporary_allocs_strict"), 2);
+}
+
+#[test]
 fn realloc_chain_is_one_leaked_block_on_its_last_stack() {
     let mut b = builder();
     b.malloc(1, 1, 1, 10, 0x100);
