@@ -46,6 +46,33 @@ impl StackCache {
     }
 }
 
+/// framehop's rule caches, several per thread. One framehop cache holds 509 unwind rules,
+/// direct-mapped by address; a program with deep, varied stacks (sqlite, an interpreter) has more
+/// return addresses in play than that, and every miss re-parses the module's CFI. Frames are spread
+/// over the caches by another function of the address, multiplying the capacity.
+pub struct UnwindCaches {
+    caches: Box<[CacheX86_64<MayAllocateDuringUnwind>]>,
+}
+
+/// Rule caches per thread (a power of two); about 16 KiB each.
+const UNWIND_CACHES: usize = 8;
+
+impl UnwindCaches {
+    /// Empty caches.
+    pub fn new() -> UnwindCaches {
+        UnwindCaches {
+            caches: (0..UNWIND_CACHES).map(|_| CacheX86_64::new_in()).collect(),
+        }
+    }
+
+    /// The cache for rules at `address`: framehop indexes within a cache by `address % 509`, so
+    /// the quotient picks the cache.
+    #[inline(always)]
+    fn for_address(&mut self, address: u64) -> &mut CacheX86_64<MayAllocateDuringUnwind> {
+        &mut self.caches[((address / 509) as usize) & (UNWIND_CACHES - 1)]
+    }
+}
+
 /// Hashes that are already hashes: the table's keys need no second hashing.
 #[derive(Default)]
 struct PassThrough(u64);
@@ -235,7 +262,7 @@ fn hash_frames(outermost_first: &[u64]) -> u64 {
 #[inline(always)]
 pub fn capture(
     map: &ModuleMap,
-    cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
+    caches: &mut UnwindCaches,
     stack_hi: u64,
     frames: &mut Frames,
 ) -> usize {
@@ -256,10 +283,12 @@ pub fn capture(
     // slots increase.
     let mut k = frames.len;
     while n < max {
-        let Ok(Some(ra)) = map
-            .unwinder
-            .unwind_frame(address, &mut regs, cache, &mut read_stack)
-        else {
+        let Ok(Some(ra)) = map.unwinder.unwind_frame(
+            address,
+            &mut regs,
+            caches.for_address(address.address_for_lookup()),
+            &mut read_stack,
+        ) else {
             break;
         };
         let Some(next_address) = FrameAddress::from_return_address(ra) else {
@@ -332,7 +361,7 @@ mod tests {
     fn memo_gives_the_same_stack_as_a_full_unwind() {
         crate::modules::rescan(true);
         let map = &crate::modules::current().unwrap().without_self();
-        let mut cache = CacheX86_64::new_in();
+        let mut cache = UnwindCaches::new();
         let hi = stack_hi_for_test();
         let mut memo = Frames::new(64);
         let mut full = Frames::new(64);

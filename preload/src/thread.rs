@@ -6,17 +6,15 @@
 //!   the thread's first traced call and freed by a pthread key destructor when the thread exits
 //!   (glibc runs those without allocating).
 
-use crate::stacks::{Frames, StackCache};
+use crate::stacks::{Frames, StackCache, UnwindCaches};
 use crate::writer::ChunkWriter;
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU32, Ordering};
-use framehop::MayAllocateDuringUnwind;
-use framehop::x86_64::CacheX86_64;
 
 /// The caches one thread of the traced program needs inside the tracer.
 pub struct ThreadState {
     /// framehop's per-thread rule cache.
-    pub unwind_cache: CacheX86_64<MayAllocateDuringUnwind>,
+    pub unwind_cache: UnwindCaches,
     /// Recently seen stacks and their ids.
     pub stacks: StackCache,
     /// The last captured stack, the unwinding memo.
@@ -116,7 +114,7 @@ pub fn with<R>(max_frames: usize, f: impl FnOnce(&mut ThreadState, &mut ChunkWri
 #[cold]
 fn create(max_frames: usize) -> *mut ThreadState {
     let state = Box::new(ThreadState {
-        unwind_cache: CacheX86_64::new_in(),
+        unwind_cache: UnwindCaches::new(),
         stacks: StackCache::new(),
         frames: Frames::new(max_frames),
         stack_hi: stack_top(),
