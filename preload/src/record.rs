@@ -25,12 +25,19 @@ fn with<R>(f: impl FnOnce(&mut ThreadState, &mut ChunkWriter) -> R) -> R {
     thread::with(init::config_max_frames(), f)
 }
 
+/// The trace time, never before the thread's previous record (the clock's switch to the TSC may
+/// step back by a few nanoseconds).
+#[inline(always)]
+fn now(w: &ChunkWriter) -> u64 {
+    clock::now().max(w.last_time)
+}
+
 /// Records an allocation that returned `addr`.
 #[inline(always)]
 pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
     with(|ts, w| {
         let stack = stack_id(ts, w);
-        let time = clock::now();
+        let time = now(w);
         check(w.write(time, |buf, st| {
             encode_alloc(buf, st, time, kind, stack, size as u64, addr as u64)
         }));
@@ -42,7 +49,7 @@ pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
 pub fn realloc(old: usize, size: usize, new: usize) {
     with(|ts, w| {
         let stack = stack_id(ts, w);
-        let time = clock::now();
+        let time = now(w);
         check(w.write(time, |buf, st| {
             encode_realloc(buf, st, time, stack, size as u64, old as u64, new as u64)
         }));
@@ -52,7 +59,7 @@ pub fn realloc(old: usize, size: usize, new: usize) {
 /// Records that `addr` is about to be freed.
 pub fn free(addr: usize) {
     with(|_, w| {
-        let time = clock::now();
+        let time = clock::now_early().max(w.last_time);
         check(w.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
     });
 }
@@ -60,7 +67,7 @@ pub fn free(addr: usize) {
 /// Records a named point.
 pub fn mark(label: &[u8]) {
     with(|_, w| {
-        let time = clock::now();
+        let time = now(w);
         check(w.write(time, |buf, st| encode_mark(buf, st, time, label)));
     });
 }
@@ -68,7 +75,7 @@ pub fn mark(label: &[u8]) {
 /// Records the end of the process.
 pub fn end() {
     with(|_, w| {
-        let time = clock::now();
+        let time = now(w);
         check(w.write(time, |buf, st| encode_end(buf, st, time)));
     });
 }
@@ -94,7 +101,7 @@ fn write_module_changes(w: &mut ChunkWriter, changes: &modules::Changes) {
         check(w.write(w.last_time, |buf, _| encode_module(buf, &payload)));
     }
     for &id in &changes.removed {
-        let time = clock::now();
+        let time = now(w);
         check(w.write(time, |buf, st| encode_module_unload(buf, st, time, id)));
     }
 }
