@@ -1,6 +1,7 @@
 //! The command line of `memtrace-analyze`: clap derive types only. Parsing and help text live here;
 //! what each subcommand does lives in `report/<name>.rs`.
 
+use crate::key::GroupBy;
 use crate::render::Format;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -11,10 +12,19 @@ EXAMPLES:
     memtrace-analyze top app.trace --by peak -n 5
     memtrace-analyze top app.trace --by temporary --format json
     memtrace-analyze leaks app.trace --fail-on-leak
+    memtrace-analyze snapshot app.trace@before
+    memtrace-analyze diff app.trace@before app.trace@after
+    memtrace-analyze diff old.trace new.trace --fail-on-growth 1M
+    memtrace-analyze growth app.trace --points 20
     memtrace-analyze dump app.trace | head
 
+POINTS:
+    TRACE@LABEL (a mark; LABEL#N its N-th), TRACE@2.5s or @1500ms (time since start),
+    TRACE@peak, TRACE@end; a bare TRACE is TRACE@end
+
 EXIT STATUS:
-    0 success, 1 a requested check failed (leaks --fail-on-leak found leaks), 2 error";
+    0 success, 1 a requested check failed (leaks --fail-on-leak, diff --fail-on-growth,
+    growth --fail-above), 2 error";
 
 /// Reports on a memtrace heap trace.
 #[derive(Debug, Parser)]
@@ -34,6 +44,12 @@ pub enum Command {
     Top(TopArgs),
     /// Blocks still live when the trace ends, grouped by the stack that allocated them.
     Leaks(LeaksArgs),
+    /// The live heap at a point of a trace (a mark, a time, the peak, the end), by stack.
+    Snapshot(SnapshotArgs),
+    /// What changed between two points, of one trace or of two runs, stacks matched by symbols.
+    Diff(DiffArgs),
+    /// Stacks whose live bytes kept rising over the run: the leak suspects.
+    Growth(GrowthArgs),
     /// Every record, one line each, in merged time order (for debugging and golden tests).
     Dump(DumpArgs),
 }
@@ -142,4 +158,71 @@ pub struct LeaksArgs {
 pub struct DumpArgs {
     #[command(flatten)]
     pub trace: TraceArg,
+}
+
+/// `snapshot` options.
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// The point: TRACE@LABEL, TRACE@LABEL#N, TRACE@2.5s, TRACE@peak, TRACE@end or TRACE (the end).
+    #[arg(value_name = "TRACE[@POINT]")]
+    pub point: String,
+    /// Number of stacks to show (0: all) [default: 10 for text, all for JSON].
+    #[arg(short = 'n', long = "limit", value_name = "N")]
+    pub limit: Option<usize>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+}
+
+/// `diff` options.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier point: TRACE or TRACE@POINT.
+    #[arg(value_name = "BEFORE")]
+    pub before: String,
+    /// The later point: TRACE or TRACE@POINT (the same trace or another run).
+    #[arg(value_name = "AFTER")]
+    pub after: String,
+    /// What makes two stacks the same: the whole stack (function and module of each frame,
+    /// file:line breaking ties), the innermost function, or the innermost source line.
+    #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
+    pub group_by: GroupBy,
+    /// Number of entries to show (0: all) [default: 10 for text, all for JSON].
+    #[arg(short = 'n', long = "limit", value_name = "N")]
+    pub limit: Option<usize>,
+    /// Exit with status 1 if the live heap grew by more than SIZE (1024, 10K, 5MiB, 1.5M).
+    #[arg(long, value_name = "SIZE")]
+    pub fail_on_growth: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
+}
+
+/// `growth` options.
+#[derive(Debug, Args)]
+pub struct GrowthArgs {
+    #[command(flatten)]
+    pub trace: TraceArg,
+    /// Split the run into N equal intervals and look at the heap at the end of each.
+    #[arg(long, value_name = "N", default_value_t = 10, conflicts_with = "marks")]
+    pub points: usize,
+    /// Look at the heap right after each mark instead (memtrace_snapshot, signal marks).
+    #[arg(long)]
+    pub marks: bool,
+    /// Number of stacks to show (0: all) [default: 10 for text, all for JSON].
+    #[arg(short = 'n', long = "limit", value_name = "N")]
+    pub limit: Option<usize>,
+    /// Exit with status 1 if a rising stack grew by more than SIZE from the first point to the
+    /// last (1024, 10K, 5MiB, 1.5M).
+    #[arg(long, value_name = "SIZE")]
+    pub fail_above: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    #[command(flatten)]
+    pub symbols: SymbolArgs,
 }

@@ -280,6 +280,14 @@ impl StackTable {
         self.stats.iter()
     }
 
+    /// Every stack seen so far with what it holds live now: `(stack, live bytes, live blocks)`.
+    /// Unlike [`StackTable::iter`], valid in the middle of a replay (snapshots at marks and times).
+    pub fn live(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
+        self.stats
+            .iter()
+            .map(|(id, s)| (id, s.live_bytes, s.live_count))
+    }
+
     /// Number of stacks seen.
     pub fn len(&self) -> usize {
         self.stats.len()

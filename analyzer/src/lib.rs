@@ -2,8 +2,9 @@
 //!
 //! The pipeline is `replay` → `symbols` → `report`: the trace's records stream once, in the reader's
 //! merged time order, through a [`replay::Replayer`] that keeps the live heap and the counters and
-//! feeds observers (per-stack statistics, stack and module definitions); then only the stacks a
-//! report prints are symbolized; then [`render`] writes text or JSON.
+//! feeds observers (per-stack statistics, stack and module definitions, [`capture`]'s snapshots at
+//! the [`point`]s asked for); then only the stacks a report prints (or, for `diff`, matches by
+//! [`key`]) are symbolized; then [`render`] writes text or JSON.
 //!
 //! Rules this crate keeps:
 //! - Memory grows with the live set and the number of distinct stacks and modules, never with the
@@ -17,8 +18,11 @@
 //! [`run`] is the whole program minus process plumbing, so tests drive it in-process.
 #![forbid(unsafe_code)]
 
+pub mod capture;
 pub mod cli;
 pub mod heap;
+pub mod key;
+pub mod point;
 pub mod render;
 pub mod replay;
 pub mod report;
@@ -33,7 +37,8 @@ use std::io::Write;
 pub enum ExitCode {
     /// Status 0: the report was written.
     Success,
-    /// Status 1: the run worked but a requested check failed (`leaks --fail-on-leak`).
+    /// Status 1: the run worked but a requested check failed (`leaks --fail-on-leak`,
+    /// `diff --fail-on-growth`, `growth --fail-above`).
     CheckFailed,
     /// Status 2: an error (bad input, bad usage).
     Error,
@@ -78,6 +83,9 @@ where
         cli::Command::Summary(a) => report::summary::run(a, out, err)?,
         cli::Command::Top(a) => report::top::run(a, out, err)?,
         cli::Command::Leaks(a) => report::leaks::run(a, out, err)?,
+        cli::Command::Snapshot(a) => report::snapshot::run(a, out, err)?,
+        cli::Command::Diff(a) => report::diff::run(a, out, err)?,
+        cli::Command::Growth(a) => report::growth::run(a, out, err)?,
         cli::Command::Dump(a) => report::dump::run(a, out, err)?,
     };
     out.flush()?;

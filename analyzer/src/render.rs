@@ -70,6 +70,30 @@ pub fn duration(ns: u64) -> String {
     }
 }
 
+/// A change in bytes: `+1.5 KiB`, `-300 B`, `0 B`.
+pub fn signed_bytes(delta: i64) -> String {
+    match delta {
+        0 => "0 B".into(),
+        d if d > 0 => format!("+{}", bytes(d.unsigned_abs())),
+        d => format!("-{}", bytes(d.unsigned_abs())),
+    }
+}
+
+/// A change in a count: `+1,000`, `-3`, `0`.
+pub fn signed_count(delta: i64) -> String {
+    match delta {
+        0 => "0".into(),
+        d if d > 0 => format!("+{}", count(d.unsigned_abs())),
+        d => format!("-{}", count(d.unsigned_abs())),
+    }
+}
+
+/// `after - before`, saturated to `i64`.
+pub fn delta(before: u64, after: u64) -> i64 {
+    let d = i128::from(after) - i128::from(before);
+    d.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
 /// `0x1f`.
 pub fn hex(n: u64) -> String {
     format!("{n:#x}")
@@ -247,6 +271,13 @@ mod tests {
         assert_eq!(duration(1_234_000_000), "1.234 s");
         assert_eq!(duration(125_100_000_000), "2m 05.1s");
         assert_eq!(percent(1, 8), "12.5%");
+        assert_eq!(signed_bytes(0), "0 B");
+        assert_eq!(signed_bytes(1536), "+1.5 KiB");
+        assert_eq!(signed_bytes(-300), "-300 B");
+        assert_eq!(signed_count(-1000), "-1,000");
+        assert_eq!(signed_count(7), "+7");
+        assert_eq!(delta(10, 4), -6);
+        assert_eq!(delta(0, u64::MAX), i64::MAX);
         assert_eq!(basename("/a/b/libc.so.6"), "libc.so.6");
     }
 

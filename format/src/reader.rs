@@ -234,6 +234,37 @@ impl Trace {
         &self.warnings
     }
 
+    /// The time of the trace's last timed record (ns since start), found by decoding only the last
+    /// readable chunk of each thread: what a full replay calls the duration, known before it. Reports
+    /// that place points evenly over the run need it up front.
+    pub fn last_time(&self) -> u64 {
+        let mut warnings = Vec::new();
+        let mut last = 0;
+        for t in &self.threads {
+            for k in (0..t.chunks.len()).rev() {
+                let mut c = Cursor {
+                    thread: t.thread,
+                    chunks: &t.chunks[k..=k],
+                    chunk: 0,
+                    pos: CHUNK_HEADER_SIZE,
+                    st: ChunkState::default(),
+                    data: Vec::new(),
+                    loaded: false,
+                    pending: None,
+                };
+                let mut any = false;
+                while c.step(&self.bytes, &mut warnings).is_some() {
+                    any = true;
+                    last = last.max(c.st.time);
+                }
+                if any {
+                    break;
+                }
+            }
+        }
+        last
+    }
+
     /// All records of all threads, merged in time order (FORMAT.md §6).
     pub fn records(&self) -> Records<'_> {
         let mut records = Records {

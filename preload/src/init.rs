@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config};
 use crate::sink::SINK;
-use crate::{clock, guard, modules, record, stacks, thread};
+use crate::{clock, guard, modules, record, signal, stacks, thread};
 use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use memtrace_format::Header;
 use memtrace_format::encode::encode_file_header;
@@ -40,7 +40,13 @@ pub fn active() -> bool {
 #[inline]
 pub fn ensure_started() -> bool {
     match STATE.load(Ordering::Acquire) {
-        ACTIVE => true,
+        ACTIVE => {
+            // Signal marks are written here, by the next hook call (signal.rs says why).
+            if signal::pending() {
+                signal::record_pending();
+            }
+            true
+        }
         UNINIT if libc_ready() => {
             start();
             active()
@@ -153,6 +159,11 @@ fn start() {
         *o = output.clone();
     }
     thread::init_key();
+    if let Some(sig) = getenv(c"MEMTRACE_SNAPSHOT_SIGNAL").filter(|s| !s.is_empty())
+        && let Err(msg) = signal::install(&sig)
+    {
+        write_stderr(&format!("memtrace: {msg}\n"));
+    }
     // SAFETY: registering plain extern "C" handlers with no preconditions.
     unsafe {
         libc::atexit(on_exit);
@@ -204,6 +215,7 @@ extern "C" fn on_exit() {
     if let Some(_g) = guard::enter()
         && active()
     {
+        signal::record_pending();
         record::end();
     }
 }
@@ -214,6 +226,7 @@ pub fn on_underscore_exit() {
     if let Some(_g) = guard::enter()
         && active()
     {
+        signal::record_pending();
         record::end();
     }
 }

@@ -12,7 +12,8 @@
 //!   mapped file (`writer.rs`, `sink.rs`); locks are taken only for new stacks, module rescans and
 //!   file growth.
 //! - `unsafe` stays at the edges: `hooks.rs` (exports), `real.rs` (glibc), `sink.rs` (mmap),
-//!   `modules.rs` (loader), `stacks.rs` (registers, stack reads), `thread.rs` (TLS), `spin.rs`.
+//!   `modules.rs` (loader), `stacks.rs` (registers, stack reads), `thread.rs` (TLS), `spin.rs`,
+//!   `signal.rs` (sigaction).
 //!
 //! The hot path, top to bottom: `hooks::malloc` → `record::alloc` → `stacks::capture` +
 //! `stacks::intern` → `writer::ChunkWriter::write` → the mapped file.
@@ -28,6 +29,7 @@ mod init;
 mod modules;
 mod real;
 mod record;
+mod signal;
 mod sink;
 mod spin;
 mod stacks;

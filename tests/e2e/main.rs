@@ -15,4 +15,5 @@ mod exits;
 mod fork;
 mod heaptrack;
 mod python;
+mod snapshots;
 mod threads;

@@ -1,9 +1,12 @@
 //! The subcommands, one file each, and what they share: opening a trace (index warnings included),
-//! the full single-pass analysis behind `top` and `leaks`, and turning stack ids into printable,
-//! symbolized frames.
+//! the full single-pass analysis behind `top` and `leaks`, turning stack ids into printable,
+//! symbolized frames, and the stack-table layout of the text reports.
 
+pub mod diff;
 pub mod dump;
+pub mod growth;
 pub mod leaks;
+pub mod snapshot;
 pub mod summary;
 pub mod top;
 
@@ -103,6 +106,25 @@ impl<'a> StackPrinter<'a> {
         }
     }
 
+    /// Every frame of stack `id`, innermost first, inlined frames expanded, never cut (empty for
+    /// stack 0 or an undefined id): what symbolic keys are made of.
+    pub fn resolve(&mut self, id: u32) -> Vec<ResolvedFrame> {
+        match self.defs.stacks.get(&id) {
+            Some(frames) if id != 0 => self.symbolizer.resolve_stack(frames),
+            _ => Vec::new(),
+        }
+    }
+
+    /// [`StackPrinter::stack`] with at most `frames` frames (0: the printer's depth).
+    pub fn stack_cut(&mut self, id: u32, frames: usize) -> PrintedStack {
+        let mut s = self.stack(id);
+        if frames > 0 && s.frames.len() > frames {
+            s.omitted += s.frames.len() - frames;
+            s.frames.truncate(frames);
+        }
+        s
+    }
+
     /// The printable form of stack `id`.
     pub fn stack(&mut self, id: u32) -> PrintedStack {
         if id == 0 {
@@ -150,6 +172,25 @@ pub fn write_stack_text(out: &mut dyn Write, stack: &PrintedStack, indent: &str)
             "{indent}… {n} more frame{}",
             if n == 1 { "" } else { "s" }
         )?;
+    }
+    Ok(())
+}
+
+/// Writes a ranked table: the header, then each row with its stack's lines under it (indented to
+/// the first column after the rank); rows beyond `stacks` (a total line) come last, with none.
+pub fn write_table_with_stacks(
+    out: &mut dyn Write,
+    table: &render::Table,
+    stacks: &[PrintedStack],
+) -> Result<()> {
+    let lines = table.lines("");
+    let indent = " ".repeat(lines[0].find('#').unwrap_or(0) + 3);
+    writeln!(out, "{}", lines[0])?;
+    for (i, line) in lines[1..].iter().enumerate() {
+        writeln!(out, "{line}")?;
+        if let Some(stack) = stacks.get(i) {
+            write_stack_text(out, stack, &indent)?;
+        }
     }
     Ok(())
 }

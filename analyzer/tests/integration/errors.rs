@@ -36,7 +36,7 @@ fn bad_inputs() -> (tempfile::TempDir, Vec<(String, &'static str)>) {
 fn bad_input_is_one_error_line_and_status_2() {
     let (_dir, cases) = bad_inputs();
     for (path, needle) in &cases {
-        for cmd in ["summary", "top", "leaks", "dump"] {
+        for cmd in ["summary", "top", "leaks", "dump", "snapshot", "growth"] {
             let out = analyze(&[cmd, path]);
             assert_eq!(out.code, ExitCode::Error, "{cmd} {path}");
             assert_eq!(out.stdout, "", "{cmd} {path}");

@@ -11,6 +11,8 @@ mod json;
 mod dump;
 // Replay against a trivial model on random sequences.
 mod model;
+// Points, snapshot, diff matching and growth.
+mod points;
 // Exact numbers of summary, top and leaks.
 mod reports;
 // Symbolization of a real binary built with gcc.

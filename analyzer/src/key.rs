@@ -1,0 +1,262 @@
+//! Symbolic keys: what makes a stack of one run "the same" as a stack of another run, whose
+//! addresses differ (ASLR) and whose binary may have been rebuilt. Never raw addresses.
+//!
+//! - `--group-by stack` (the default): every frame's function and module *file name* (not its path:
+//!   build directories differ), inlined frames included; a frame whose function is unknown is
+//!   `?` in its module. File and line (file name and line number) are a tie-break: see [`pair`].
+//! - `--group-by function`: the innermost frame's function and module only.
+//! - `--group-by line`: the innermost frame's source file name and line, in its module (the
+//!   function and module when the line is unknown).
+//!
+//! This module builds keys from resolved frames and pairs the keys of two sides; it computes no
+//! statistics and reads no files.
+
+use crate::render::basename;
+use crate::symbols::ResolvedFrame;
+use std::collections::BTreeMap;
+
+/// How stacks are grouped and matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// The whole stack: each frame's function and module, file:line breaking ties.
+    #[default]
+    Stack,
+    /// The innermost frame's function and module.
+    Function,
+    /// The innermost frame's source file and line.
+    Line,
+}
+
+impl GroupBy {
+    /// The name used on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Stack => "stack",
+            GroupBy::Function => "function",
+            GroupBy::Line => "line",
+        }
+    }
+
+    /// How many frames of a representative stack describe an entry (0: all).
+    pub fn frames_shown(self) -> usize {
+        match self {
+            GroupBy::Stack => 0,
+            GroupBy::Function | GroupBy::Line => 1,
+        }
+    }
+}
+
+/// A stack's symbolic identity.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// What must be equal for two stacks to match: `(function, module)` per frame (or the one
+    /// frame's `(file:line, module)` with `--group-by line`).
+    pub site: Vec<(String, String)>,
+    /// The tie-break: `(file name, line)` per frame (`--group-by stack` only).
+    pub lines: Vec<(String, u32)>,
+}
+
+const UNKNOWN: &str = "?";
+
+fn module_name(f: &ResolvedFrame) -> String {
+    f.module
+        .as_deref()
+        .map_or_else(|| UNKNOWN.to_owned(), |m| basename(m).to_owned())
+}
+
+fn function_name(f: &ResolvedFrame) -> String {
+    f.function.clone().unwrap_or_else(|| UNKNOWN.to_owned())
+}
+
+/// The key of a stack whose frames (innermost first, inlined expanded) are `frames`. An empty
+/// stack (none captured, or not defined in the trace) has the key `(no stack)`.
+pub fn key(frames: &[ResolvedFrame], by: GroupBy) -> Key {
+    let Some(first) = frames.first() else {
+        return Key {
+            site: vec![("(no stack)".into(), String::new())],
+            lines: Vec::new(),
+        };
+    };
+    match by {
+        GroupBy::Stack => Key {
+            site: frames
+                .iter()
+                .map(|f| (function_name(f), module_name(f)))
+                .collect(),
+            lines: frames
+                .iter()
+                .map(|f| {
+                    (
+                        f.file.as_deref().map(basename).unwrap_or("").to_owned(),
+                        f.line.unwrap_or(0),
+                    )
+                })
+                .collect(),
+        },
+        GroupBy::Function => Key {
+            site: vec![(function_name(first), module_name(first))],
+            lines: Vec::new(),
+        },
+        GroupBy::Line => {
+            let place = match (&first.file, first.line) {
+                (Some(file), Some(line)) => format!("{}:{line}", basename(file)),
+                _ => function_name(first),
+            };
+            Key {
+                site: vec![(place, module_name(first))],
+                lines: Vec::new(),
+            }
+        }
+    }
+}
+
+/// Pairs the keys of side A with those of side B. Every key appears in exactly one pair; a key
+/// with no partner is paired with `None`.
+///
+/// Keys with the same `site` (same functions and modules) are candidates. Among them, keys with
+/// equal lines pair first. What is left pairs in line order when both sides have as many left
+/// (a rebuild that moved lines keeps the call sites of a function in the same order, and a
+/// function with one call site pairs whatever its line); otherwise the rest stay unpaired,
+/// because which old line became which new one cannot be told.
+pub fn pair(a: &[Key], b: &[Key]) -> Vec<(Option<Key>, Option<Key>)> {
+    /// Per site, the distinct keys of side A and of side B, sorted.
+    type Sites<'k> = BTreeMap<&'k [(String, String)], [Vec<&'k Key>; 2]>;
+    let mut sites: Sites<'_> = BTreeMap::new();
+    for (side, keys) in [a, b].into_iter().enumerate() {
+        for k in keys {
+            sites.entry(&k.site).or_default()[side].push(k);
+        }
+    }
+    let sites = sites.into_values().map(|[mut ka, mut kb]| {
+        for ks in [&mut ka, &mut kb] {
+            ks.sort();
+            ks.dedup();
+        }
+        let own = |ks: Vec<&Key>| ks.into_iter().cloned().collect::<Vec<Key>>();
+        (own(ka), own(kb))
+    });
+    let mut out = Vec::new();
+    for (ka, kb) in sites {
+        let (mut left_a, mut left_b) = (Vec::new(), Vec::new());
+        for k in &ka {
+            if kb.contains(k) {
+                out.push((Some(k.clone()), Some(k.clone())));
+            } else {
+                left_a.push(k.clone());
+            }
+        }
+        for k in kb {
+            if !ka.contains(&k) {
+                left_b.push(k);
+            }
+        }
+        if left_a.len() == left_b.len() {
+            out.extend(
+                left_a
+                    .into_iter()
+                    .zip(left_b)
+                    .map(|(x, y)| (Some(x), Some(y))),
+            );
+        } else {
+            out.extend(left_a.into_iter().map(|x| (Some(x), None)));
+            out.extend(left_b.into_iter().map(|y| (None, Some(y))));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: Option<&str>, file: &str, line: u32, module: &str) -> ResolvedFrame {
+        ResolvedFrame {
+            function: function.map(str::to_owned),
+            file: (!file.is_empty()).then(|| file.to_owned()),
+            line: (line != 0).then_some(line),
+            module: Some(module.to_owned()),
+            address: 0x1234,
+            offset: 0x234,
+            inlined: false,
+        }
+    }
+
+    fn k(site: &[(&str, &str)], lines: &[(&str, u32)]) -> Key {
+        Key {
+            site: site
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            lines: lines.iter().map(|(a, b)| (a.to_string(), *b)).collect(),
+        }
+    }
+
+    #[test]
+    fn keys_use_module_and_file_names_not_paths_or_addresses() {
+        let a = [
+            frame(Some("leaf"), "/build1/src/x.c", 4, "/build1/prog"),
+            frame(None, "", 0, "/lib/libc.so.6"),
+        ];
+        let mut b = a.clone();
+        b[0].file = Some("/build2/src/x.c".into());
+        b[0].module = Some("/build2/prog".into());
+        b[0].address = 0x9999;
+        b[1].offset = 0x777;
+        assert_eq!(key(&a, GroupBy::Stack), key(&b, GroupBy::Stack));
+        assert_eq!(
+            key(&a, GroupBy::Stack),
+            k(
+                &[("leaf", "prog"), ("?", "libc.so.6")],
+                &[("x.c", 4), ("", 0)]
+            )
+        );
+        assert_eq!(
+            key(&a, GroupBy::Function),
+            k(&[("leaf", "prog")], &[]),
+            "the innermost frame only"
+        );
+        assert_eq!(key(&a, GroupBy::Line), k(&[("x.c:4", "prog")], &[]));
+        assert_eq!(key(&a[1..], GroupBy::Line), k(&[("?", "libc.so.6")], &[]));
+        assert_eq!(key(&[], GroupBy::Stack).site[0].0, "(no stack)");
+    }
+
+    #[test]
+    fn pairing_prefers_equal_lines_then_line_order() {
+        let site = [("f", "m")];
+        let (a1, a2, a3) = (
+            k(&site, &[("x.c", 10)]),
+            k(&site, &[("x.c", 20)]),
+            k(&site, &[("x.c", 30)]),
+        );
+        let (b1, b2) = (k(&site, &[("x.c", 12)]), k(&site, &[("x.c", 22)]));
+        // All lines moved by 2: paired in order.
+        let p = pair(&[a2.clone(), a1.clone()], &[b1.clone(), b2.clone()]);
+        assert_eq!(
+            p,
+            vec![
+                (Some(a1.clone()), Some(b1.clone())),
+                (Some(a2.clone()), Some(b2.clone()))
+            ]
+        );
+        // Equal lines pair first; one site left on each side pairs whatever its line.
+        let p = pair(&[a1.clone(), a2.clone()], &[a2.clone(), b1.clone()]);
+        assert_eq!(
+            p,
+            vec![
+                (Some(a2.clone()), Some(a2.clone())),
+                (Some(a1.clone()), Some(b1.clone()))
+            ]
+        );
+        // Three sites against two, none equal: nothing can be told apart.
+        let p = pair(
+            &[a1.clone(), a2.clone(), a3.clone()],
+            &[b1.clone(), b2.clone()],
+        );
+        assert_eq!(p.len(), 5);
+        assert!(p.iter().all(|(x, y)| x.is_none() || y.is_none()));
+        // Other sites never pair.
+        let other = k(&[("g", "m")], &[("x.c", 10)]);
+        let p = pair(std::slice::from_ref(&a1), std::slice::from_ref(&other));
+        assert_eq!(p, vec![(Some(a1), None), (None, Some(other))]);
+    }
+}
