@@ -5,8 +5,8 @@
 //! `posix_fallocate` before a step is mapped, so a full disk is an error here, never a SIGBUS later.
 //! The mapping lives in one large address-space reservation, so chunk pointers never move.
 
-use crate::spin::SpinLock;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering};
+use crate::spin::SpinMutex;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use memtrace_format::record::{FILE_MAGIC, HEADER_SIZE};
 use std::ffi::CString;
 
@@ -26,7 +26,13 @@ pub struct Sink {
     next: AtomicUsize,
     /// Bumped when the file is replaced (fork child): chunks claimed before are no longer ours.
     epoch: AtomicU32,
-    grow: SpinLock,
+    /// Device and inode of the trace file: the descriptor is checked against them before it is
+    /// used, since the program may close it, or `dup2` another file over it.
+    dev: AtomicU64,
+    ino: AtomicU64,
+    /// Held to grow, open or close the file; holds the file's path, to open it again if the
+    /// program closes our descriptor.
+    grow: SpinMutex<Option<CString>>,
 }
 
 /// The one sink of the process.
@@ -36,7 +42,9 @@ pub static SINK: Sink = Sink {
     mapped: AtomicUsize::new(0),
     next: AtomicUsize::new(CLOSED),
     epoch: AtomicU32::new(0),
-    grow: SpinLock::new(()),
+    dev: AtomicU64::new(0),
+    ino: AtomicU64::new(0),
+    grow: SpinMutex::new(None),
 };
 
 /// A claimed chunk: `len` bytes at `ptr`, valid while the sink's epoch is `epoch`.
@@ -124,6 +132,29 @@ fn process_alive(pid: u32) -> bool {
     pid > 0 && (rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
 }
 
+/// The lowest descriptor number the trace file is moved to, out of the way of programs that
+/// reuse or `dup2` onto small numbers.
+const HIGH_FD: i32 = 512;
+
+/// `fd` moved to a number of at least [`HIGH_FD`] (close-on-exec), or `fd` itself if that fails.
+fn move_high(fd: i32) -> i32 {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an open descriptor; no memory is involved.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    if high < 0 {
+        return fd;
+    }
+    close(fd);
+    high
+}
+
+/// Device and inode of the file open at `fd`, if any.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: `st` is a plain C struct that fstat fills; a bad `fd` only makes fstat fail.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
 fn close(fd: i32) {
     // SAFETY: closing a descriptor we opened; errors are irrelevant here.
     unsafe { libc::close(fd) };
@@ -134,8 +165,11 @@ impl Sink {
     /// the first step. Replaces any previous file of this sink (fork child). Returns the path
     /// actually written (see `open_trace_file`).
     pub fn open(&self, path: &str, header: &[u8]) -> Result<String, String> {
-        let _g = self.grow.lock();
+        let mut g = self.grow.lock();
         let (fd, path) = open_trace_file(path)?;
+        *g = CString::new(path.clone()).ok();
+        let fd = move_high(fd);
+        let (dev, ino) = identity(fd).unwrap_or((0, 0));
         let mut base = self.base.load(Ordering::Relaxed);
         if base == 0 {
             // SAFETY: a fresh PROT_NONE reservation; MAP_NORESERVE keeps it out of the commit charge.
@@ -184,7 +218,9 @@ impl Sink {
         self.epoch.fetch_add(1, Ordering::Release);
         self.mapped.store(0, Ordering::Relaxed);
         self.fd.store(fd, Ordering::Relaxed);
-        self.grow_locked(FIRST_STEP)?;
+        self.dev.store(dev, Ordering::Relaxed);
+        self.ino.store(ino, Ordering::Relaxed);
+        self.grow_locked(&g, FIRST_STEP)?;
         // SAFETY: the first step (>= HEADER_SIZE bytes) is mapped at `base`, writable, and no
         // other thread writes below HEADER_SIZE.
         unsafe {
@@ -217,13 +253,13 @@ impl Sink {
             return Err("the trace reached its maximum size (1 TiB); tracing stops".into());
         }
         if end > self.mapped.load(Ordering::Acquire) {
-            let _g = self.grow.lock();
+            let g = self.grow.lock();
             if self.epoch() != epoch {
                 return Ok(None);
             }
             while self.mapped.load(Ordering::Relaxed) < end {
                 let mapped = self.mapped.load(Ordering::Relaxed);
-                self.grow_locked(mapped.clamp(FIRST_STEP, MAX_STEP))?;
+                self.grow_locked(&g, mapped.clamp(FIRST_STEP, MAX_STEP))?;
             }
         }
         let base = self.base.load(Ordering::Relaxed);
@@ -247,9 +283,47 @@ impl Sink {
         unsafe { libc::madvise(chunk.ptr.cast(), chunk.len, libc::MADV_DONTNEED) };
     }
 
-    /// Extends the file by `step` bytes and maps them. Caller holds `grow`.
-    fn grow_locked(&self, step: usize) -> Result<(), String> {
+    /// Whether `fd` is still our trace file (the program has not closed it or put another file
+    /// in its place).
+    fn fd_is_ours(&self, fd: i32) -> bool {
+        identity(fd)
+            == Some((
+                self.dev.load(Ordering::Relaxed),
+                self.ino.load(Ordering::Relaxed),
+            ))
+    }
+
+    /// Our descriptor for the trace file. If the program closed it, or put another file at its
+    /// number, the file is opened again by its path, provided the path still leads to our file;
+    /// the old number is left alone (it is no longer ours). Caller holds `grow` (`path`).
+    fn usable_fd(&self, path: &Option<CString>) -> Result<i32, String> {
         let fd = self.fd.load(Ordering::Relaxed);
+        if self.fd_is_ours(fd) {
+            return Ok(fd);
+        }
+        if let Some(path) = path {
+            let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: `path` is a valid NUL-terminated string; open has no other preconditions.
+            let again = unsafe { libc::open(path.as_ptr(), flags) };
+            if again >= 0 {
+                let again = move_high(again);
+                if self.fd_is_ours(again) {
+                    self.fd.store(again, Ordering::Relaxed);
+                    return Ok(again);
+                }
+                close(again);
+            }
+        }
+        Err(
+            "the program closed the trace file's descriptor and its path no longer leads to the \
+             trace; tracing stops, the program carries on"
+                .into(),
+        )
+    }
+
+    /// Extends the file by `step` bytes and maps them. Caller holds `grow` (`path`).
+    fn grow_locked(&self, path: &Option<CString>, step: usize) -> Result<(), String> {
+        let fd = self.usable_fd(path)?;
         let base = self.base.load(Ordering::Relaxed);
         let mapped = self.mapped.load(Ordering::Relaxed);
         // SAFETY: `fd` is our open trace file; the range is new space at its end.
@@ -286,12 +360,15 @@ impl Sink {
     /// Stops all further claims and cuts the file to the claimed length. Chunks already claimed
     /// stay mapped and writable (threads still running may finish their records).
     pub fn close(&self) {
-        let _g = self.grow.lock();
+        let g = self.grow.lock();
         let end = self.next.swap(CLOSED, Ordering::AcqRel);
         if end >= CLOSED {
             return;
         }
-        let fd = self.fd.load(Ordering::Relaxed);
+        // Never truncate a file the program put at our descriptor's number.
+        let Ok(fd) = self.usable_fd(&g) else {
+            return;
+        };
         // SAFETY: `end` is at or past the end of every claimed chunk, so no mapped page that a
         // thread may still touch lies beyond the new end of file.
         unsafe { libc::ftruncate(fd, end as libc::off_t) };

@@ -19,9 +19,6 @@ unsafe impl<T: Send> Sync for SpinMutex<T> {}
 /// Holds a [`SpinMutex`] until dropped.
 pub struct SpinGuard<'a, T>(&'a SpinMutex<T>);
 
-/// A lock with no data.
-pub type SpinLock = SpinMutex<()>;
-
 impl<T> SpinMutex<T> {
     /// An unlocked mutex holding `value`.
     pub const fn new(value: T) -> SpinMutex<T> {

@@ -9,6 +9,7 @@ mod alloc_kinds;
 mod bad_input;
 mod behaviour;
 mod cpp;
+mod descriptors;
 mod dlopen;
 mod edge_cases;
 mod exits;
