@@ -10,8 +10,8 @@ use crate::capture::{self, Captured, Request, Snapshot};
 use crate::cli::DiffArgs;
 use crate::key::{self, GroupBy, Key};
 use crate::point::{TracePoint, parse_size, parse_trace_point};
-use crate::render::{self, Align, Format, FrameJson, Table};
-use crate::report::{self, PrintedStack, StackPrinter};
+use crate::render::{self, Align, Format, Table};
+use crate::report::{self, PrintedStack, StackJson, StackPrinter};
 use anyhow::Result;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -242,9 +242,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                         count_delta: e.count_delta(),
                         stacks_before: e.before.stacks,
                         stacks_after: e.after.stacks,
-                        stack: render::frames_json(&s.frames),
-                        frames_omitted: s.omitted,
-                        stack_note: s.note,
+                        stack: s.json(),
                     })
                     .collect(),
                 warnings,
@@ -315,9 +313,8 @@ struct EntryJson<'a> {
     /// Stacks of each side merged into this entry.
     stacks_before: usize,
     stacks_after: usize,
-    stack: Vec<FrameJson<'a>>,
-    frames_omitted: usize,
-    stack_note: Option<&'static str>,
+    #[serde(flatten)]
+    stack: StackJson<'a>,
 }
 
 fn write_text(

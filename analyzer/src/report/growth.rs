@@ -20,8 +20,8 @@ use crate::ExitCode;
 use crate::capture::{self, Request, Snapshot, describe_marks};
 use crate::cli::GrowthArgs;
 use crate::point::{Point, parse_size};
-use crate::render::{self, Align, Format, FrameJson, Table};
-use crate::report::{self, PrintedStack, StackPrinter};
+use crate::render::{self, Align, Format, Table};
+use crate::report::{self, PrintedStack, StackJson, StackPrinter};
 use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -268,9 +268,7 @@ pub fn run(args: &GrowthArgs, out: &mut dyn Write, err: &mut dyn Write) -> Resul
                             score: r.trend.score,
                             series_bytes: r.series.iter().map(|x| x.0).collect(),
                             series_count: r.series.iter().map(|x| x.1).collect(),
-                            stack: render::frames_json(&s.frames),
-                            frames_omitted: s.omitted,
-                            stack_note: s.note,
+                            stack: s.json(),
                         }
                     })
                     .collect(),
@@ -338,9 +336,8 @@ struct EntryJson<'a> {
     /// Live bytes at each point.
     series_bytes: Vec<u64>,
     series_count: Vec<u64>,
-    stack: Vec<FrameJson<'a>>,
-    frames_omitted: usize,
-    stack_note: Option<&'static str>,
+    #[serde(flatten)]
+    stack: StackJson<'a>,
 }
 
 /// `▁▂▅█`: the series scaled to eight levels, at most 24 wide.

@@ -4,9 +4,9 @@
 
 use crate::ExitCode;
 use crate::cli::{LeaksArgs, Measure};
-use crate::render::{self, Align, Format, FrameJson, Table};
+use crate::render::{self, Align, Format, Table};
 use crate::report::top::{Ranked, rank};
-use crate::report::{self, PrintedStack, StackPrinter};
+use crate::report::{self, PrintedStack, StackJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -89,9 +89,8 @@ struct EntryJson<'a> {
     count: u64,
     allocated_bytes: u64,
     allocated_count: u64,
-    stack: Vec<FrameJson<'a>>,
-    frames_omitted: usize,
-    stack_note: Option<&'static str>,
+    #[serde(flatten)]
+    stack: StackJson<'a>,
 }
 
 fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a> {
@@ -102,9 +101,7 @@ fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a>
         count: r.count,
         allocated_bytes: r.stats.alloc_bytes,
         allocated_count: r.stats.alloc_count,
-        stack: render::frames_json(&s.frames),
-        frames_omitted: s.omitted,
-        stack_note: s.note,
+        stack: s.json(),
     }
 }
 
@@ -144,12 +141,5 @@ fn write_text(
             render::count(r.stats.alloc_count),
         ]);
     }
-    let lines = table.lines("");
-    let indent = " ".repeat(lines[0].find('#').unwrap_or(0) + 3);
-    writeln!(out, "{}", lines[0])?;
-    for (i, stack) in stacks.iter().enumerate() {
-        writeln!(out, "{}", lines[i + 1])?;
-        report::write_stack_text(out, stack, &indent)?;
-    }
-    Ok(())
+    report::write_table_with_stacks(out, &table, stacks)
 }

@@ -17,6 +17,7 @@ use crate::replay::{Definitions, Replayer, Totals};
 use crate::symbols::{ResolvedFrame, SymbolOptions, Symbolizer};
 use anyhow::Result;
 use memtrace_format::Trace;
+use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
 
@@ -74,6 +75,29 @@ pub struct PrintedStack {
     pub omitted: usize,
     /// Why there are no frames, if there are none: stack 0, or an id the trace never defined.
     pub note: Option<&'static str>,
+}
+
+impl PrintedStack {
+    /// The stack's part of a report entry in JSON.
+    pub fn json(&self) -> StackJson<'_> {
+        StackJson {
+            stack: render::frames_json(&self.frames),
+            frames_omitted: self.omitted,
+            stack_note: self.note,
+        }
+    }
+}
+
+/// The stack fields of every report entry in JSON (the contract's `stack`, innermost first, and
+/// why it is short or empty); flattened into each entry.
+#[derive(Serialize)]
+pub struct StackJson<'a> {
+    /// The frames, innermost first.
+    pub stack: Vec<render::FrameJson<'a>>,
+    /// Frames left out by `--depth`.
+    pub frames_omitted: usize,
+    /// Why there are no frames, if there are none.
+    pub stack_note: Option<&'static str>,
 }
 
 /// Resolves the stacks a report prints.

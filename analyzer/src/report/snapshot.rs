@@ -7,8 +7,8 @@ use crate::ExitCode;
 use crate::capture::{self, Live, Request};
 use crate::cli::SnapshotArgs;
 use crate::point::parse_trace_point;
-use crate::render::{self, Align, Format, FrameJson, Table};
-use crate::report::{self, PrintedStack, StackPrinter};
+use crate::render::{self, Align, Format, Table};
+use crate::report::{self, PrintedStack, StackJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -100,9 +100,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
                         stack_id: l.stack,
                         bytes: l.bytes,
                         count: l.count,
-                        stack: render::frames_json(&s.frames),
-                        frames_omitted: s.omitted,
-                        stack_note: s.note,
+                        stack: s.json(),
                     })
                     .collect(),
                 warnings,
@@ -139,7 +137,6 @@ struct EntryJson<'a> {
     bytes: u64,
     /// Number of those blocks.
     count: u64,
-    stack: Vec<FrameJson<'a>>,
-    frames_omitted: usize,
-    stack_note: Option<&'static str>,
+    #[serde(flatten)]
+    stack: StackJson<'a>,
 }

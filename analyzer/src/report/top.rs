@@ -5,8 +5,8 @@
 use crate::ExitCode;
 use crate::cli::{Measure, TopArgs};
 use crate::heap::{StackStats, StackTable};
-use crate::render::{self, Align, Format, FrameJson, Table};
-use crate::report::{self, Analysis, PrintedStack, StackPrinter};
+use crate::render::{self, Align, Format, Table};
+use crate::report::{self, Analysis, PrintedStack, StackJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -151,9 +151,8 @@ struct EntryJson<'a> {
     leaked_count: u64,
     temporary_bytes: u64,
     temporary_count: u64,
-    stack: Vec<FrameJson<'a>>,
-    frames_omitted: usize,
-    stack_note: Option<&'static str>,
+    #[serde(flatten)]
+    stack: StackJson<'a>,
 }
 
 fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a> {
@@ -170,9 +169,7 @@ fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a>
         leaked_count: r.stats.live_count,
         temporary_bytes: r.stats.temporary_bytes,
         temporary_count: r.stats.temporary_count,
-        stack: render::frames_json(&s.frames),
-        frames_omitted: s.omitted,
-        stack_note: s.note,
+        stack: s.json(),
     }
 }
 
@@ -237,13 +234,5 @@ fn write_text(
             render::count(s.temporary_count),
         ]);
     }
-    let lines = table.lines("");
-    // Stack lines start under the first column after the rank.
-    let indent = " ".repeat(lines[0].find('#').unwrap_or(0) + 3);
-    writeln!(out, "{}", lines[0])?;
-    for (i, stack) in stacks.iter().enumerate() {
-        writeln!(out, "{}", lines[i + 1])?;
-        report::write_stack_text(out, stack, &indent)?;
-    }
-    Ok(())
+    report::write_table_with_stacks(out, &table, stacks)
 }
