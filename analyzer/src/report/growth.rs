@@ -21,7 +21,7 @@ use crate::capture::{self, Request, Snapshot, describe_marks};
 use crate::cli::GrowthArgs;
 use crate::point::{Point, parse_size};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, PrintedStack, StackJson};
 use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -208,21 +208,14 @@ pub fn run(args: &GrowthArgs, out: &mut dyn Write, err: &mut dyn Write) -> Resul
             .then(a.stack.cmp(&b.stack))
     });
 
-    let limit_n = args.limit.unwrap_or(match args.format {
-        Format::Text => 10,
-        Format::Json => 0,
-    });
-    let shown = match limit_n {
-        0 => ranked.len(),
-        n => n.min(ranked.len()),
-    };
-    let mut printer = StackPrinter::new(&captured.defs, &args.symbols, args.format);
-    let stacks: Vec<PrintedStack> = ranked[..shown]
-        .iter()
-        .map(|r| printer.stack(r.stack))
-        .collect();
-    let sym_warnings = printer.take_warnings();
-    report::warn(err, &sym_warnings);
+    let shown = report::shown(args.limit, args.format, ranked.len());
+    let (stacks, sym_warnings) = report::print_stacks(
+        &captured.defs,
+        &args.symbols,
+        args.format,
+        ranked[..shown].iter().map(|r| r.stack),
+        err,
+    );
 
     match args.format {
         Format::Text => write_text(

@@ -6,7 +6,7 @@ use crate::ExitCode;
 use crate::cli::{LeaksArgs, Measure};
 use crate::render::{self, Align, Format, Table};
 use crate::report::top::{Ranked, rank};
-use crate::report::{self, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, PrintedStack, StackJson};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -18,21 +18,14 @@ pub fn run(args: &LeaksArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     report::warn(err, &analysis.warnings);
     let ranked = rank(&analysis.stacks, Measure::Leaked);
     // Scripts want every leak; a terminal wants the biggest.
-    let limit = args.limit.unwrap_or(match args.format {
-        Format::Text => 10,
-        Format::Json => 0,
-    });
-    let shown = match limit {
-        0 => ranked.len(),
-        n => n.min(ranked.len()),
-    };
-    let mut printer = StackPrinter::new(&analysis.defs, &args.symbols, args.format);
-    let stacks: Vec<PrintedStack> = ranked[..shown]
-        .iter()
-        .map(|r| printer.stack(r.stack))
-        .collect();
-    let sym_warnings = printer.take_warnings();
-    report::warn(err, &sym_warnings);
+    let shown = report::shown(args.limit, args.format, ranked.len());
+    let (stacks, sym_warnings) = report::print_stacks(
+        &analysis.defs,
+        &args.symbols,
+        args.format,
+        ranked[..shown].iter().map(|r| r.stack),
+        err,
+    );
     let t = &analysis.totals;
     let name = args.trace.trace.display().to_string();
     match args.format {

@@ -181,6 +181,35 @@ impl<'a> StackPrinter<'a> {
     }
 }
 
+/// How many of `available` ranked entries a report shows: `-n` when given (0: all), else the
+/// ten biggest in text and everything in JSON.
+pub fn shown(limit: Option<usize>, format: Format, available: usize) -> usize {
+    let limit = limit.unwrap_or(match format {
+        Format::Text => 10,
+        Format::Json => 0,
+    });
+    match limit {
+        0 => available,
+        n => n.min(available),
+    }
+}
+
+/// Symbolizes the stacks `ids` (the entries a report shows, in order). What the symbolizer had
+/// to warn about goes to `err` and is returned too, for the JSON's `warnings`.
+pub fn print_stacks(
+    defs: &Definitions,
+    symbols: &SymbolArgs,
+    format: Format,
+    ids: impl IntoIterator<Item = u32>,
+    err: &mut dyn Write,
+) -> (Vec<PrintedStack>, Vec<String>) {
+    let mut printer = StackPrinter::new(defs, symbols, format);
+    let stacks = ids.into_iter().map(|id| printer.stack(id)).collect();
+    let warnings = printer.take_warnings();
+    warn(err, &warnings);
+    (stacks, warnings)
+}
+
 /// Writes a stack's lines under a table row.
 pub fn write_stack_text(out: &mut dyn Write, stack: &PrintedStack, indent: &str) -> Result<()> {
     if let Some(note) = stack.note {

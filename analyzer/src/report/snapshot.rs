@@ -8,7 +8,7 @@ use crate::capture::{self, Live, Request};
 use crate::cli::SnapshotArgs;
 use crate::point::parse_trace_point;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, StackJson};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -31,21 +31,14 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
             .cmp(&(a.bytes, a.count))
             .then(a.stack.cmp(&b.stack))
     });
-    let limit = args.limit.unwrap_or(match args.format {
-        Format::Text => 10,
-        Format::Json => 0,
-    });
-    let shown = match limit {
-        0 => ranked.len(),
-        n => n.min(ranked.len()),
-    };
-    let mut printer = StackPrinter::new(&captured.defs, &args.symbols, args.format);
-    let stacks: Vec<PrintedStack> = ranked[..shown]
-        .iter()
-        .map(|l| printer.stack(l.stack))
-        .collect();
-    let sym_warnings = printer.take_warnings();
-    report::warn(err, &sym_warnings);
+    let shown = report::shown(args.limit, args.format, ranked.len());
+    let (stacks, sym_warnings) = report::print_stacks(
+        &captured.defs,
+        &args.symbols,
+        args.format,
+        ranked[..shown].iter().map(|l| l.stack),
+        err,
+    );
     let point = snap.point.to_string();
     match args.format {
         Format::Text => {

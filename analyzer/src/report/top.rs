@@ -6,7 +6,7 @@ use crate::ExitCode;
 use crate::cli::{Measure, TopArgs};
 use crate::heap::{StackStats, StackTable};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, Analysis, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, Analysis, PrintedStack, StackJson};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -68,17 +68,14 @@ pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<E
     let analysis = report::analyze(&trace);
     report::warn(err, &analysis.warnings);
     let ranked = rank(&analysis.stacks, args.by);
-    let shown = match args.limit {
-        0 => ranked.len(),
-        n => n.min(ranked.len()),
-    };
-    let mut printer = StackPrinter::new(&analysis.defs, &args.symbols, args.format);
-    let stacks: Vec<PrintedStack> = ranked[..shown]
-        .iter()
-        .map(|r| printer.stack(r.stack))
-        .collect();
-    let sym_warnings = printer.take_warnings();
-    report::warn(err, &sym_warnings);
+    let shown = report::shown(Some(args.limit), args.format, ranked.len());
+    let (stacks, sym_warnings) = report::print_stacks(
+        &analysis.defs,
+        &args.symbols,
+        args.format,
+        ranked[..shown].iter().map(|r| r.stack),
+        err,
+    );
     let (total_bytes, total_count) = ranked.iter().fold((0u64, 0u64), |(b, c), r| {
         (b.wrapping_add(r.bytes), c + r.count)
     });
