@@ -3,7 +3,8 @@
 //!
 //! - `--group-by stack` (the default): every frame's function and module *file name* (not its path:
 //!   build directories differ), inlined frames included; a frame whose function is unknown is
-//!   `?` in its module. File and line (file name and line number) are a tie-break: see [`pair`].
+//!   `?` in its module. The traced program's own executable is the module `(executable)` whatever
+//!   its name, so that `app-v1` and `app-v2` compare. File and line (file name and line number) are a tie-break: see [`pair`].
 //! - `--group-by function`: the innermost frame's function and module only.
 //! - `--group-by line`: the innermost frame's source file name and line, in its module (the
 //!   function and module when the line is unknown).
@@ -58,19 +59,26 @@ pub struct Key {
 
 const UNKNOWN: &str = "?";
 
-fn module_name(f: &ResolvedFrame) -> String {
-    f.module
-        .as_deref()
-        .map_or_else(|| UNKNOWN.to_owned(), |m| basename(m).to_owned())
+/// How the traced program's executable is named in keys.
+pub const EXECUTABLE: &str = "(executable)";
+
+fn module_name(f: &ResolvedFrame, executable: &str) -> String {
+    match f.module.as_deref().map(basename) {
+        None => UNKNOWN.to_owned(),
+        Some(m) if m == executable => EXECUTABLE.to_owned(),
+        Some(m) => m.to_owned(),
+    }
 }
 
 fn function_name(f: &ResolvedFrame) -> String {
     f.function.clone().unwrap_or_else(|| UNKNOWN.to_owned())
 }
 
-/// The key of a stack whose frames (innermost first, inlined expanded) are `frames`. An empty
-/// stack (none captured, or not defined in the trace) has the key `(no stack)`.
-pub fn key(frames: &[ResolvedFrame], by: GroupBy) -> Key {
+/// The key of a stack whose frames (innermost first, inlined expanded) are `frames`, in a trace of
+/// the program `executable` (its path or file name, as the trace header gives it). An empty stack
+/// (none captured, or not defined in the trace) has the key `(no stack)`.
+pub fn key(frames: &[ResolvedFrame], by: GroupBy, executable: &str) -> Key {
+    let executable = basename(executable);
     let Some(first) = frames.first() else {
         return Key {
             site: vec![("(no stack)".into(), String::new())],
@@ -81,7 +89,7 @@ pub fn key(frames: &[ResolvedFrame], by: GroupBy) -> Key {
         GroupBy::Stack => Key {
             site: frames
                 .iter()
-                .map(|f| (function_name(f), module_name(f)))
+                .map(|f| (function_name(f), module_name(f, executable)))
                 .collect(),
             lines: frames
                 .iter()
@@ -94,7 +102,7 @@ pub fn key(frames: &[ResolvedFrame], by: GroupBy) -> Key {
                 .collect(),
         },
         GroupBy::Function => Key {
-            site: vec![(function_name(first), module_name(first))],
+            site: vec![(function_name(first), module_name(first, executable))],
             lines: Vec::new(),
         },
         GroupBy::Line => {
@@ -103,7 +111,7 @@ pub fn key(frames: &[ResolvedFrame], by: GroupBy) -> Key {
                 _ => function_name(first),
             };
             Key {
-                site: vec![(place, module_name(first))],
+                site: vec![(place, module_name(first, executable))],
                 lines: Vec::new(),
             }
         }
@@ -194,30 +202,53 @@ mod tests {
     #[test]
     fn keys_use_module_and_file_names_not_paths_or_addresses() {
         let a = [
-            frame(Some("leaf"), "/build1/src/x.c", 4, "/build1/prog"),
+            frame(Some("leaf"), "/build1/src/x.c", 4, "/build1/lib/libp.so"),
             frame(None, "", 0, "/lib/libc.so.6"),
         ];
         let mut b = a.clone();
         b[0].file = Some("/build2/src/x.c".into());
-        b[0].module = Some("/build2/prog".into());
+        b[0].module = Some("/build2/lib/libp.so".into());
         b[0].address = 0x9999;
         b[1].offset = 0x777;
-        assert_eq!(key(&a, GroupBy::Stack), key(&b, GroupBy::Stack));
+        let exe = "/usr/bin/prog";
+        assert_eq!(key(&a, GroupBy::Stack, exe), key(&b, GroupBy::Stack, exe));
         assert_eq!(
-            key(&a, GroupBy::Stack),
+            key(&a, GroupBy::Stack, exe),
             k(
-                &[("leaf", "prog"), ("?", "libc.so.6")],
+                &[("leaf", "libp.so"), ("?", "libc.so.6")],
                 &[("x.c", 4), ("", 0)]
             )
         );
         assert_eq!(
-            key(&a, GroupBy::Function),
-            k(&[("leaf", "prog")], &[]),
+            key(&a, GroupBy::Function, exe),
+            k(&[("leaf", "libp.so")], &[]),
             "the innermost frame only"
         );
-        assert_eq!(key(&a, GroupBy::Line), k(&[("x.c:4", "prog")], &[]));
-        assert_eq!(key(&a[1..], GroupBy::Line), k(&[("?", "libc.so.6")], &[]));
-        assert_eq!(key(&[], GroupBy::Stack).site[0].0, "(no stack)");
+        assert_eq!(key(&a, GroupBy::Line, exe), k(&[("x.c:4", "libp.so")], &[]));
+        assert_eq!(
+            key(&a[1..], GroupBy::Line, exe),
+            k(&[("?", "libc.so.6")], &[])
+        );
+        assert_eq!(key(&[], GroupBy::Stack, exe).site[0].0, "(no stack)");
+    }
+
+    #[test]
+    fn the_executable_matches_whatever_its_name() {
+        let v1 = [frame(Some("leaf"), "x.c", 4, "/build/app-v1")];
+        let v2 = [frame(Some("leaf"), "x.c", 4, "/build/app-v2")];
+        assert_eq!(
+            key(&v1, GroupBy::Stack, "./app-v1"),
+            key(&v2, GroupBy::Stack, "/build/app-v2")
+        );
+        assert_eq!(
+            key(&v1, GroupBy::Function, "app-v1").site,
+            vec![("leaf".to_owned(), EXECUTABLE.to_owned())]
+        );
+        // A library that happens to share a name with another run's executable stays itself.
+        assert_ne!(
+            key(&v1, GroupBy::Stack, "app-v1"),
+            key(&v1, GroupBy::Stack, "other")
+        );
     }
 
     #[test]

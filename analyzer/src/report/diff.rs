@@ -55,12 +55,13 @@ fn by_key(
     printer: &mut StackPrinter<'_>,
     keys: &mut FxHashMap<u32, Key>,
     by: GroupBy,
+    executable: &str,
 ) -> BTreeMap<Key, Held> {
     let mut out: BTreeMap<Key, Held> = BTreeMap::new();
     for l in &snap.stacks {
         let k = keys
             .entry(l.stack)
-            .or_insert_with(|| key::key(&printer.resolve(l.stack), by))
+            .or_insert_with(|| key::key(&printer.resolve(l.stack), by, executable))
             .clone();
         let h = out.entry(k).or_default();
         h.bytes = h.bytes.wrapping_add(l.bytes);
@@ -96,6 +97,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
 
     // One pass per distinct trace; `snap_of[side]` is (source, snapshot index).
     let mut sources: Vec<Captured> = Vec::new();
+    let mut executables: Vec<String> = Vec::new();
     let mut snap_of = [(0usize, 0usize); 2];
     let req = |points: Vec<crate::point::Point>| Request {
         points,
@@ -112,6 +114,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         )?;
         report::warn(err, &c.warnings);
         sources.push(c);
+        executables.push(trace.header().executable.clone());
         snap_of = [(0, 0), (0, 1)];
     } else {
         for (i, side) in sides.iter().enumerate() {
@@ -120,6 +123,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
             let c = capture::capture(&trace, &name, &req(vec![side.point.clone()]))?;
             report::warn(err, &c.warnings);
             sources.push(c);
+            executables.push(trace.header().executable.clone());
             snap_of[i] = (i, 0);
         }
     }
@@ -132,7 +136,13 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
     let held: Vec<BTreeMap<Key, Held>> = (0..2)
         .map(|side| {
             let src = snap_of[side].0;
-            by_key(snap(side), &mut printers[src], &mut keys[src], by)
+            by_key(
+                snap(side),
+                &mut printers[src],
+                &mut keys[src],
+                by,
+                &executables[src],
+            )
         })
         .collect();
 
