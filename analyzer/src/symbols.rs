@@ -17,6 +17,21 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+/// Reads a file that a trace names (a module, a debug file). A trace is untrusted: a corrupt one
+/// may name `/dev/zero` (endless), a FIFO or a terminal (opening or reading it waits forever), so
+/// only a regular file is opened, and no more than its size is read.
+fn read_named_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut data = Vec::new();
+    file.take(len).read_to_end(&mut data)?;
+    Ok(data)
+}
+
 type Reader = gimli::EndianRcSlice<gimli::RunTimeEndian>;
 
 /// One printed frame: a function (or an inlined function) at a return address.
@@ -215,7 +230,7 @@ impl<'a> Symbolizer<'a> {
             return None;
         }
         let path = Path::new(&m.path);
-        let main_data = match std::fs::read(path) {
+        let main_data = match read_named_file(path) {
             Ok(d) => Some(d),
             Err(e) => {
                 self.warnings.push(format!(
@@ -306,7 +321,7 @@ impl<'a> Symbolizer<'a> {
                 .join(".build-id")
                 .join(&hex[..2])
                 .join(format!("{}.debug", &hex[2..]));
-            std::fs::read(&p).ok().map(|d| (p, d))
+            read_named_file(&p).ok().map(|d| (p, d))
         })
     }
 
@@ -328,7 +343,7 @@ impl<'a> Symbolizer<'a> {
             if p == module {
                 return None;
             }
-            let data = std::fs::read(&p).ok()?;
+            let data = read_named_file(&p).ok()?;
             if !build_id.is_empty() {
                 let f = object::File::parse(data.as_slice()).ok()?;
                 if let Ok(Some(id)) = f.build_id()
@@ -362,7 +377,7 @@ impl<'a> Symbolizer<'a> {
                     Some(d) if name.is_relative() => d.join(name),
                     _ => name.to_path_buf(),
                 };
-                std::fs::read(&p).ok().map(|d| (p, d))
+                read_named_file(&p).ok().map(|d| (p, d))
             });
             if let Some((_, data)) = sup
                 && let Ok(sup) = object::File::parse(data.as_slice())

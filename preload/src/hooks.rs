@@ -1,4 +1,5 @@
-//! Every symbol libmemtrace.so exports: the malloc family, `_exit`/`_Exit`, `dlclose`, and
+//! Every symbol libmemtrace.so exports: the malloc family, `_exit`/`_Exit`, the exec functions
+//! (`execve`, `execv`, `execvp`, `execvpe`, `fexecve`, `execveat`), `dlclose`, and
 //! `memtrace_snapshot`. Each is a thin trampoline: call the real function, keep libc's semantics
 //! (NULL and errno on failure, posix_memalign's return codes), and record the event through
 //! `record.rs` while holding the re-entrancy guard.
@@ -179,6 +180,120 @@ pub extern "C" fn _exit(status: c_int) -> ! {
 pub extern "C" fn _Exit(status: c_int) -> ! {
     init::on_underscore_exit();
     real::exit_now(status)
+}
+
+/// An exec hook's common part: record the end of this image (`init::before_exec`), then call
+/// libc's function `f` through `call`, which gets its address. When libc's function cannot be
+/// found, fails as exec does, with ENOSYS.
+fn exec(f: real::Exec, call: impl FnOnce(usize) -> c_int) -> c_int {
+    init::before_exec();
+    let next = real::exec_next(f);
+    if next == 0 {
+        // SAFETY: writing this thread's errno.
+        unsafe { *errno_location() = libc::ENOSYS };
+        return -1;
+    }
+    call(next)
+}
+
+type Argv = *const *const c_char;
+
+/// Interposes `execve`. The image that calls it ends here if it succeeds: its trace gets an end
+/// record first (the new image writes a trace of its own, see `sink.rs`). If exec fails, the
+/// program goes on and so does its trace.
+///
+/// # Safety
+/// The arguments are what `execve(2)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn execve(path: *const c_char, argv: Argv, envp: Argv) -> c_int {
+    exec(real::Exec::Execve, |f| {
+        // SAFETY: `f` is libc's execve, whose signature this is; the caller's arguments.
+        let f: unsafe extern "C" fn(*const c_char, Argv, Argv) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under execve(2).
+        unsafe { f(path, argv, envp) }
+    })
+}
+
+/// Interposes `execv` (see [`execve`]).
+///
+/// # Safety
+/// The arguments are what `execv(3)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: Argv) -> c_int {
+    exec(real::Exec::Execv, |f| {
+        // SAFETY: `f` is libc's execv, whose signature this is.
+        let f: unsafe extern "C" fn(*const c_char, Argv) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under execv(3).
+        unsafe { f(path, argv) }
+    })
+}
+
+/// Interposes `execvp` (see [`execve`]).
+///
+/// # Safety
+/// The arguments are what `execvp(3)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: Argv) -> c_int {
+    exec(real::Exec::Execvp, |f| {
+        // SAFETY: `f` is libc's execvp, whose signature this is.
+        let f: unsafe extern "C" fn(*const c_char, Argv) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under execvp(3).
+        unsafe { f(file, argv) }
+    })
+}
+
+/// Interposes `execvpe` (see [`execve`]).
+///
+/// # Safety
+/// The arguments are what `execvpe(3)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn execvpe(file: *const c_char, argv: Argv, envp: Argv) -> c_int {
+    exec(real::Exec::Execvpe, |f| {
+        // SAFETY: `f` is libc's execvpe, whose signature this is.
+        let f: unsafe extern "C" fn(*const c_char, Argv, Argv) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under execvpe(3).
+        unsafe { f(file, argv, envp) }
+    })
+}
+
+/// Interposes `fexecve` (see [`execve`]).
+///
+/// # Safety
+/// The arguments are what `fexecve(3)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn fexecve(fd: c_int, argv: Argv, envp: Argv) -> c_int {
+    exec(real::Exec::Fexecve, |f| {
+        // SAFETY: `f` is libc's fexecve, whose signature this is.
+        let f: unsafe extern "C" fn(c_int, Argv, Argv) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under fexecve(3).
+        unsafe { f(fd, argv, envp) }
+    })
+}
+
+/// Interposes `execveat` (see [`execve`]).
+///
+/// # Safety
+/// The arguments are what `execveat(2)` accepts.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: Argv,
+    envp: Argv,
+    flags: c_int,
+) -> c_int {
+    exec(real::Exec::Execveat, |f| {
+        // SAFETY: `f` is libc's execveat, whose signature this is.
+        let f: unsafe extern "C" fn(c_int, *const c_char, Argv, Argv, c_int) -> c_int =
+            unsafe { core::mem::transmute(f) };
+        // SAFETY: the caller's contract under execveat(2).
+        unsafe { f(dirfd, path, argv, envp, flags) }
+    })
 }
 
 /// Interposes `dlclose`: once the library is unmapped, the module map is rescanned and the unload

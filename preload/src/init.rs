@@ -8,8 +8,8 @@
 
 use crate::config::{self, Config};
 use crate::sink::SINK;
-use crate::{clock, guard, modules, record, signal, stacks, thread};
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use crate::{clock, guard, modules, real, record, signal, stacks, thread};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use memtrace_format::Header;
 use memtrace_format::encode::encode_file_header;
 use std::sync::OnceLock;
@@ -25,6 +25,8 @@ static OUTPUT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 /// Set once the process is exiting: nothing may be written to stderr any more.
 static EXITING: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// The pid whose trace the sink holds (set at start and in a fork child).
+static PID: AtomicU32 = AtomicU32::new(0);
 
 unsafe extern "C" {
     static environ: *const *const libc::c_char;
@@ -133,7 +135,11 @@ fn start() {
     {
         return;
     }
+    // First, so that the exec hooks never need dlsym later (in a vfork child), even if tracing
+    // cannot start.
+    real::resolve_exec();
     let pid = std::process::id();
+    PID.store(pid, Ordering::Relaxed);
     let cmdline = read_cmdline();
     let program = cmdline.first().cloned().unwrap_or_default();
     let config = Config::from_env(
@@ -145,10 +151,11 @@ fn start() {
     );
     let output = config.output.clone();
     let quiet = config.quiet;
+    let parent_trace = exec_parent_trace(&config);
     let _ = CONFIG.set(config);
     clock::start();
     let changes = modules::rescan(true);
-    let output = match SINK.open(&output, &header(None)) {
+    let output = match SINK.open(&output, &header(parent_trace)) {
         Ok(path) => path,
         Err(msg) => {
             disable(&format!("{msg}; the program runs untraced"));
@@ -180,6 +187,47 @@ fn start() {
     if !quiet {
         write_stderr(&format!("memtrace: writing trace to {output}\n"));
     }
+}
+
+/// The trace of the traced process that started this one with fork (or vfork, posix_spawn) and
+/// exec, if there is one: a trace that the parent process is writing at a name this process's
+/// configuration gives the parent (the same `MEMTRACE_OUTPUT`, the pattern expanded with the
+/// parent's pid, or the default name with the parent's pid). Such a process writes
+/// `<name>.<pid>` beside it (see `sink::open_trace_file`), and its header names the parent's trace
+/// as a forked child's does.
+fn exec_parent_trace(config: &Config) -> Option<String> {
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() } as u32;
+    if ppid <= 1 || ppid == std::process::id() {
+        return None;
+    }
+    let mut candidates = vec![config.output.clone()];
+    if let Some(pattern) = &config.output_pattern {
+        candidates.push(config::expand_pattern(pattern, ppid));
+    } else {
+        candidates.push(config::default_output(&config.program, ppid));
+    }
+    candidates
+        .into_iter()
+        .find(|path| trace_writer(path) == Some(ppid))
+}
+
+/// The pid in the header of the memtrace trace at `path` (not following a symlink), if it is one.
+fn trace_writer(path: &str) -> Option<u32> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut head = [0u8; 20];
+    file.read_exact(&mut head).ok()?;
+    (head[..8] == memtrace_format::record::FILE_MAGIC)
+        .then(|| u32::from_le_bytes([head[16], head[17], head[18], head[19]]))
 }
 
 /// The ELF constructor: start as early as libc allows even if nothing has allocated yet.
@@ -220,9 +268,38 @@ extern "C" fn on_exit() {
     }
 }
 
+/// Whether this process is the one whose trace the sink holds. It is not in a child that no fork
+/// handler ran for: a `vfork` child (as `posix_spawn` and CPython's `subprocess` make), which
+/// shares the parent's memory and thread state until it execs or calls `_exit`, or a child of a raw
+/// `clone`, whose mapping of the trace file is still the parent's. Such a child must record nothing:
+/// its records would land in the parent's trace.
+fn own_process() -> bool {
+    // SAFETY: getpid has no preconditions (glibc caches nothing: it is the system call).
+    let pid = unsafe { libc::getpid() } as u32;
+    PID.load(Ordering::Relaxed) == pid
+}
+
 /// `_exit` / `_Exit`: the process ends now; record the end (everything else is already on file).
 pub fn on_underscore_exit() {
+    if !own_process() {
+        return;
+    }
     EXITING.store(true, Ordering::Relaxed);
+    if let Some(_g) = guard::enter()
+        && active()
+    {
+        signal::record_pending();
+        record::end();
+    }
+}
+
+/// An exec function is about to replace this image: record its end (the new image writes a trace
+/// of its own, and the old trace is complete). If the exec fails, the program goes on and so does
+/// its trace (records after an end record are valid, FORMAT.md §4.10).
+pub fn before_exec() {
+    if !own_process() {
+        return;
+    }
     if let Some(_g) = guard::enter()
         && active()
     {
@@ -248,6 +325,7 @@ extern "C" fn after_fork_parent() {
 extern "C" fn after_fork_child() {
     stacks::after_fork(true);
     modules::after_fork();
+    PID.store(std::process::id(), Ordering::Relaxed);
     if STATE.load(Ordering::Acquire) == ACTIVE {
         let parent = OUTPUT.lock().map(|o| o.clone()).unwrap_or_default();
         let pid = std::process::id();

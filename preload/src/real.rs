@@ -4,7 +4,7 @@
 //! before anything is initialized. There is no `__libc_posix_memalign` or public
 //! `__libc_reallocarray`: `hooks.rs` checks those functions' arguments itself and calls
 //! `memalign` / `realloc` here. `dlclose` is resolved lazily
-//! with `dlsym(RTLD_NEXT)`; `_exit` is the `exit_group` system call.
+//! with `dlsym(RTLD_NEXT)`, the exec functions likewise at start-up; `_exit` is the `exit_group` system call.
 
 use core::ffi::{c_int, c_void};
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -101,6 +101,56 @@ pub unsafe fn dlclose(handle: *mut c_void) -> c_int {
     let next: unsafe extern "C" fn(*mut c_void) -> c_int = unsafe { core::mem::transmute(f) };
     // SAFETY: the caller's contract under dlclose(3).
     unsafe { next(handle) }
+}
+
+/// The exec functions of libc that `hooks.rs` interposes, in the order of [`Exec`].
+const EXEC_NAMES: [&core::ffi::CStr; 6] = [
+    c"execve",
+    c"execv",
+    c"execvp",
+    c"execvpe",
+    c"fexecve",
+    c"execveat",
+];
+
+/// An exec function of libc, by its index in `EXEC_NAMES`.
+#[derive(Clone, Copy)]
+pub enum Exec {
+    Execve = 0,
+    Execv,
+    Execvp,
+    Execvpe,
+    Fexecve,
+    Execveat,
+}
+
+static EXEC_NEXT: [AtomicUsize; 6] = [const { AtomicUsize::new(0) }; 6];
+
+/// Resolves libc's exec functions (called at start-up, so that the hooks never call `dlsym` in a
+/// `vfork` child, which shares the parent's memory and loader locks).
+pub fn resolve_exec() {
+    for f in [
+        Exec::Execve,
+        Exec::Execv,
+        Exec::Execvp,
+        Exec::Execvpe,
+        Exec::Fexecve,
+        Exec::Execveat,
+    ] {
+        exec_next(f);
+    }
+}
+
+/// The address of libc's exec function `f` (0 if `dlsym` cannot find it).
+pub fn exec_next(f: Exec) -> usize {
+    let slot = &EXEC_NEXT[f as usize];
+    let mut p = slot.load(Ordering::Acquire);
+    if p == 0 {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT resolves past this library.
+        p = unsafe { libc::dlsym(libc::RTLD_NEXT, EXEC_NAMES[f as usize].as_ptr()) } as usize;
+        slot.store(p, Ordering::Release);
+    }
+    p
 }
 
 /// Ends the process as `_exit(status)` does, without running our hook again.

@@ -16,5 +16,7 @@ mod exits;
 mod fork;
 mod heaptrack;
 mod python;
+mod real_programs;
 mod snapshots;
+mod stress;
 mod threads;

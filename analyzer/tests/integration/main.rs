@@ -15,5 +15,7 @@ mod model;
 mod points;
 // Exact numbers of summary, top and leaks.
 mod reports;
+// Module paths that name devices, FIFOs and directories.
+mod hostile;
 // Symbolization of a real binary built with gcc.
 mod symbols;
