@@ -59,7 +59,7 @@ pub fn ensure_started() -> bool {
 
 /// libc has run its own initialization (it sets `environ` then): before that, getenv and stdio
 /// cannot be trusted, and the hooks only forward.
-fn libc_ready() -> bool {
+pub fn libc_ready() -> bool {
     // SAFETY: reading a pointer-sized global that libc exports.
     !unsafe { core::ptr::read_volatile(core::ptr::addr_of!(environ)) }.is_null()
 }
@@ -138,6 +138,13 @@ fn start() {
     // First, so that the exec hooks never need dlsym later (in a vfork child), even if tracing
     // cannot start.
     real::resolve_exec();
+    if !real::hooks_come_first() {
+        disable(
+            "another allocator comes before libmemtrace.so in LD_PRELOAD, so the program's \
+             allocations never reach memtrace; put libmemtrace.so first. Nothing is traced",
+        );
+        return;
+    }
     let pid = std::process::id();
     PID.store(pid, Ordering::Relaxed);
     let cmdline = read_cmdline();

@@ -21,6 +21,7 @@
 // Unit tests do not export the hooks (they must not trace the test runner), so much is unused there.
 #![cfg_attr(test, allow(dead_code, unused_imports))]
 
+mod bootstrap;
 mod clock;
 mod config;
 mod guard;

@@ -1,13 +1,18 @@
-//! The real allocator: glibc's exported `__libc_*` entry points, reached without `dlsym`.
+//! The real allocator, where the hooks forward every call: glibc's exported `__libc_*` entry points
+//! (reached without `dlsym`), or, when another allocator is loaded after libmemtrace.so
+//! (`LD_PRELOAD=libmemtrace.so:libjemalloc.so.2`), that allocator's functions, found once with
+//! `dlsym(RTLD_NEXT)` as soon as libc can answer. Until then, and while `dlsym` itself allocates,
+//! blocks come from `bootstrap.rs`. Functions the next allocator lacks (`pvalloc`, say) are built
+//! from its `memalign`, never taken from glibc: one allocator must own every block.
 //!
-//! glibc exports `__libc_malloc` and friends precisely so that an interposer can forward to them
-//! before anything is initialized. There is no `__libc_posix_memalign` or public
-//! `__libc_reallocarray`: `hooks.rs` checks those functions' arguments itself and calls
-//! `memalign` / `realloc` here. `dlclose` is resolved lazily
-//! with `dlsym(RTLD_NEXT)`, the exec functions likewise at start-up; `_exit` is the `exit_group` system call.
+//! There is no `__libc_posix_memalign` or public `__libc_reallocarray`: `hooks.rs` checks those
+//! functions' arguments itself and calls `memalign` / `realloc` here. `dlclose` is resolved lazily
+//! with `dlsym(RTLD_NEXT)`, the exec functions likewise at start-up; `_exit` is the `exit_group`
+//! system call.
 
+use crate::bootstrap;
 use core::ffi::{c_int, c_void};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use libc::size_t;
 
 unsafe extern "C" {
@@ -27,18 +32,146 @@ unsafe extern "C" {
     fn libc_pvalloc(size: size_t) -> *mut c_void;
 }
 
+/// Which allocator the hooks forward to: not known yet, being found out, glibc's, or another one
+/// loaded after libmemtrace.so (`LD_PRELOAD=libmemtrace.so:libjemalloc.so.2`).
+static FORWARD: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const FINDING: u8 = 1;
+const GLIBC: u8 = 2;
+const NEXT: u8 = 3;
+
+/// The next allocator's functions (see [`FORWARD`]); 0 where it has none of its own, which is then
+/// built from its `memalign`.
+struct Next {
+    malloc: AtomicUsize,
+    calloc: AtomicUsize,
+    realloc: AtomicUsize,
+    free: AtomicUsize,
+    memalign: AtomicUsize,
+    valloc: AtomicUsize,
+    pvalloc: AtomicUsize,
+}
+
+static NEXT_FNS: Next = Next {
+    malloc: AtomicUsize::new(0),
+    calloc: AtomicUsize::new(0),
+    realloc: AtomicUsize::new(0),
+    free: AtomicUsize::new(0),
+    memalign: AtomicUsize::new(0),
+    valloc: AtomicUsize::new(0),
+    pvalloc: AtomicUsize::new(0),
+};
+
+/// `dlsym(RTLD_NEXT, name)`, or 0 when that is glibc's own `glibc` function (the next allocator
+/// lacks it) or nothing.
+fn next_symbol(name: &core::ffi::CStr, glibc: usize) -> usize {
+    // SAFETY: a NUL-terminated name; RTLD_NEXT resolves past this library.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    if p == glibc { 0 } else { p }
+}
+
+/// Finds out which allocator comes after ours, once, when libc can answer (`ready`). Until then,
+/// and while one thread asks (`dlsym` allocates too), allocations come from `bootstrap.rs`.
+#[cold]
+#[inline(never)]
+fn find_forward(ready: bool) {
+    if !ready
+        || FORWARD
+            .compare_exchange(UNKNOWN, FINDING, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let malloc = next_symbol(c"malloc", libc_malloc as *const () as usize);
+    if malloc == 0 {
+        FORWARD.store(GLIBC, Ordering::Release);
+        return;
+    }
+    let n = &NEXT_FNS;
+    n.malloc.store(malloc, Ordering::Relaxed);
+    let pairs = [
+        (&n.calloc, c"calloc", libc_calloc as *const () as usize),
+        (&n.realloc, c"realloc", libc_realloc as *const () as usize),
+        (&n.free, c"free", libc_free as *const () as usize),
+        (
+            &n.memalign,
+            c"memalign",
+            libc_memalign as *const () as usize,
+        ),
+        (&n.valloc, c"valloc", libc_valloc as *const () as usize),
+        (&n.pvalloc, c"pvalloc", libc_pvalloc as *const () as usize),
+    ];
+    for (slot, name, glibc) in pairs {
+        slot.store(next_symbol(name, glibc), Ordering::Relaxed);
+    }
+    FORWARD.store(NEXT, Ordering::Release);
+}
+
+/// The forwarding state, finding it out first if need be. `ready`: libc can be asked.
+#[inline(always)]
+fn forward() -> u8 {
+    let f = FORWARD.load(Ordering::Acquire);
+    if f >= GLIBC {
+        return f;
+    }
+    find_forward(crate::init::libc_ready());
+    FORWARD.load(Ordering::Acquire)
+}
+
+/// The next allocator's function in `slot`, as a function of type `F`.
+///
+/// # Safety
+/// `F` is the C signature of the function `slot` holds, and `slot` is non-zero.
+#[inline(always)]
+unsafe fn next_fn<F: Copy>(slot: &AtomicUsize) -> F {
+    let p = slot.load(Ordering::Relaxed);
+    // SAFETY: the caller's `F` is a function pointer type matching the symbol's signature;
+    // function pointers and usize have the same size on x86_64.
+    unsafe { core::mem::transmute_copy(&p) }
+}
+
 /// `malloc` of the real allocator.
 #[inline]
 pub fn malloc(size: usize) -> *mut c_void {
-    // SAFETY: __libc_malloc accepts any size and returns NULL or a fresh block.
-    unsafe { libc_malloc(size) }
+    match forward() {
+        // SAFETY: __libc_malloc accepts any size and returns NULL or a fresh block.
+        GLIBC => unsafe { libc_malloc(size) },
+        // SAFETY: the next allocator's malloc (always present in NEXT state), C signature.
+        NEXT => unsafe { next_fn::<MallocFn>(&NEXT_FNS.malloc)(size) },
+        _ => bootstrap::alloc(size, 16),
+    }
 }
+
+type MallocFn = unsafe extern "C" fn(size_t) -> *mut c_void;
+type CallocFn = unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
+type ReallocFn = unsafe extern "C" fn(*mut c_void, size_t) -> *mut c_void;
+type FreeFn = unsafe extern "C" fn(*mut c_void);
+type MemalignFn = unsafe extern "C" fn(size_t, size_t) -> *mut c_void;
 
 /// `calloc` of the real allocator (it checks `nmemb * size` for overflow itself).
 #[inline]
 pub fn calloc(nmemb: usize, size: usize) -> *mut c_void {
-    // SAFETY: __libc_calloc accepts any arguments and returns NULL or a fresh zeroed block.
-    unsafe { libc_calloc(nmemb, size) }
+    match forward() {
+        // SAFETY: __libc_calloc accepts any arguments and returns NULL or a fresh zeroed block.
+        GLIBC => unsafe { libc_calloc(nmemb, size) },
+        NEXT if NEXT_FNS.calloc.load(Ordering::Relaxed) != 0 => {
+            // SAFETY: the next allocator's calloc (checked non-zero), C signature.
+            unsafe { next_fn::<CallocFn>(&NEXT_FNS.calloc)(nmemb, size) }
+        }
+        f => match nmemb.checked_mul(size) {
+            Some(total) if f == NEXT => {
+                let p = malloc(total);
+                if !p.is_null() {
+                    // SAFETY: `p` is a fresh block of `total` bytes.
+                    unsafe { core::ptr::write_bytes(p.cast::<u8>(), 0, total) };
+                }
+                p
+            }
+            // Arena blocks are fresh, hence zero.
+            Some(total) => bootstrap::alloc(total, 16),
+            None => core::ptr::null_mut(),
+        },
+    }
 }
 
 /// `realloc` of the real allocator.
@@ -47,39 +180,207 @@ pub fn calloc(nmemb: usize, size: usize) -> *mut c_void {
 /// `ptr` is NULL or a live block of the real allocator.
 #[inline]
 pub unsafe fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: the caller guarantees `ptr` is NULL or a live block.
-    unsafe { libc_realloc(ptr, size) }
+    if bootstrap::owns(ptr) {
+        // SAFETY: `ptr` is an arena block.
+        return unsafe { realloc_from_arena(ptr, size) };
+    }
+    match forward() {
+        // SAFETY: the caller guarantees `ptr` is NULL or a live block.
+        GLIBC => unsafe { libc_realloc(ptr, size) },
+        // SAFETY: as above; the next allocator's realloc is always present in NEXT state (an
+        // allocator that interposes malloc without realloc could not work at all).
+        NEXT => unsafe { next_fn::<ReallocFn>(&NEXT_FNS.realloc)(ptr, size) },
+        // Before any real allocator: `ptr` can only be NULL here.
+        _ => bootstrap::alloc(size, 16),
+    }
 }
 
-/// `free` of the real allocator.
+/// Moves an arena block into a block of the real allocator (or a new arena block, if there is no
+/// real allocator yet).
+///
+/// # Safety
+/// `ptr` is a block of the arena.
+#[cold]
+unsafe fn realloc_from_arena(ptr: *mut c_void, size: usize) -> *mut c_void {
+    let p = malloc(size);
+    if !p.is_null() {
+        // SAFETY: `ptr` is an arena block of `size_of(ptr)` bytes, `p` a fresh block of `size`
+        // bytes; distinct blocks never overlap.
+        unsafe {
+            let n = bootstrap::size_of(ptr).min(size);
+            core::ptr::copy_nonoverlapping(ptr.cast::<u8>(), p.cast::<u8>(), n);
+        }
+    }
+    p
+}
+
+/// `free` of the real allocator. Arena blocks are never freed.
 ///
 /// # Safety
 /// `ptr` is NULL or a live block of the real allocator.
 #[inline]
 pub unsafe fn free(ptr: *mut c_void) {
-    // SAFETY: the caller guarantees `ptr` is NULL or a live block.
-    unsafe { libc_free(ptr) }
+    if bootstrap::owns(ptr) {
+        return;
+    }
+    match forward() {
+        // SAFETY: the caller guarantees `ptr` is NULL or a live block.
+        GLIBC => unsafe { libc_free(ptr) },
+        // SAFETY: as above; the next allocator's free is always present in NEXT state.
+        NEXT => unsafe { next_fn::<FreeFn>(&NEXT_FNS.free)(ptr) },
+        // No real allocator yet, so `ptr` is NULL (or not ours to free).
+        _ => {}
+    }
 }
 
 /// `memalign` of the real allocator (also behind `posix_memalign` and `aligned_alloc`).
 #[inline]
 pub fn memalign(align: usize, size: usize) -> *mut c_void {
-    // SAFETY: __libc_memalign validates the alignment itself (EINVAL) and accepts any size.
-    unsafe { libc_memalign(align, size) }
+    match forward() {
+        // SAFETY: __libc_memalign validates the alignment itself (EINVAL) and accepts any size.
+        GLIBC => unsafe { libc_memalign(align, size) },
+        NEXT if NEXT_FNS.memalign.load(Ordering::Relaxed) != 0 => {
+            // SAFETY: the next allocator's memalign (checked non-zero), C signature.
+            unsafe { next_fn::<MemalignFn>(&NEXT_FNS.memalign)(align, size) }
+        }
+        NEXT => {
+            let mut p = core::ptr::null_mut();
+            // SAFETY: an allocator without memalign has posix_memalign (C11/POSIX); found by name
+            // like the others, with its C signature; `p` is a valid out-pointer.
+            unsafe {
+                let f = libc::dlsym(libc::RTLD_NEXT, c"posix_memalign".as_ptr()) as usize;
+                if f != 0 {
+                    let f: unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int =
+                        core::mem::transmute(f);
+                    if f(&mut p, align.max(8), size) != 0 {
+                        p = core::ptr::null_mut();
+                    }
+                }
+            }
+            p
+        }
+        _ => {
+            if align > 4096 {
+                core::ptr::null_mut()
+            } else {
+                bootstrap::alloc(size, align)
+            }
+        }
+    }
 }
 
 /// `valloc` of the real allocator.
 #[inline]
 pub fn valloc(size: usize) -> *mut c_void {
-    // SAFETY: __libc_valloc accepts any size.
-    unsafe { libc_valloc(size) }
+    match forward() {
+        // SAFETY: __libc_valloc accepts any size.
+        GLIBC => unsafe { libc_valloc(size) },
+        NEXT if NEXT_FNS.valloc.load(Ordering::Relaxed) != 0 => {
+            // SAFETY: the next allocator's valloc (checked non-zero), C signature.
+            unsafe { next_fn::<MallocFn>(&NEXT_FNS.valloc)(size) }
+        }
+        _ => memalign(PAGE, size),
+    }
 }
 
 /// `pvalloc` of the real allocator.
 #[inline]
 pub fn pvalloc(size: usize) -> *mut c_void {
-    // SAFETY: __libc_pvalloc accepts any size.
-    unsafe { libc_pvalloc(size) }
+    match forward() {
+        // SAFETY: __libc_pvalloc accepts any size.
+        GLIBC => unsafe { libc_pvalloc(size) },
+        NEXT if NEXT_FNS.pvalloc.load(Ordering::Relaxed) != 0 => {
+            // SAFETY: the next allocator's pvalloc (checked non-zero), C signature.
+            unsafe { next_fn::<MallocFn>(&NEXT_FNS.pvalloc)(size) }
+        }
+        _ => match size.checked_next_multiple_of(PAGE) {
+            Some(rounded) => memalign(PAGE, rounded.max(PAGE)),
+            None => core::ptr::null_mut(),
+        },
+    }
+}
+
+/// The page size on x86_64 Linux.
+const PAGE: usize = 4096;
+
+/// Whether `malloc` calls of the program reach libmemtrace.so: false when a library loaded before
+/// it (`LD_PRELOAD=libjemalloc.so.2:libmemtrace.so`) defines `malloc`, which then serves every
+/// call and leaves nothing for memtrace to see.
+///
+/// The libraries are compared, not addresses: inside libmemtrace.so a reference to its own
+/// exported `malloc` is itself resolved through the search order, and in a non-PIE executable that
+/// takes `malloc`'s address the global `malloc` is the executable's PLT stub. The executable is
+/// not checked (it is searched first but rarely defines `malloc`).
+pub fn hooks_come_first() -> bool {
+    let Some(ours) = object_of(hooks_come_first as *const () as *const c_void) else {
+        return true;
+    };
+    // Objects in load order (the executable, the LD_PRELOAD libraries in order, then the rest):
+    // the names of those before ours.
+    struct Walk {
+        ours: usize,
+        before: Vec<std::ffi::CString>,
+        done: bool,
+    }
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: dl_iterate_phdr passes a valid info; `data` is the Walk we gave it.
+        unsafe {
+            let walk = &mut *(data as *mut Walk);
+            if walk.done || (*info).dlpi_name.is_null() {
+                return 0;
+            }
+            let name = core::ffi::CStr::from_ptr((*info).dlpi_name);
+            // A shared object's load bias is its base address.
+            if (*info).dlpi_addr as usize == walk.ours {
+                walk.done = true;
+            } else if !name.is_empty() {
+                walk.before.push(name.to_owned());
+            }
+        }
+        0
+    }
+    let mut walk = Walk {
+        ours,
+        before: Vec::new(),
+        done: false,
+    };
+    // SAFETY: the callback only reads what the loader hands it and writes `walk`.
+    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
+    !walk.before.iter().any(|name| defines_malloc(name))
+}
+
+/// The base address of the object that holds `addr`.
+fn object_of(addr: *const c_void) -> Option<usize> {
+    // SAFETY: dladdr only reads the loader's tables and fills the plain struct we pass.
+    unsafe {
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        (libc::dladdr(addr, &mut info) != 0).then_some(info.dli_fbase as usize)
+    }
+}
+
+/// Whether the loaded library `name` (as the loader names it) itself defines `malloc`.
+fn defines_malloc(name: &core::ffi::CStr) -> bool {
+    // SAFETY: RTLD_NOLOAD only looks the loaded library up (it takes a reference, dropped below);
+    // dlsym searches it and its dependencies; dladdr fills the plain struct we pass; all names
+    // are NUL-terminated.
+    unsafe {
+        let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+        if handle.is_null() {
+            return false;
+        }
+        let malloc = libc::dlsym(handle, c"malloc".as_ptr());
+        let mut info: libc::Dl_info = core::mem::zeroed();
+        let own = !malloc.is_null()
+            && libc::dladdr(malloc, &mut info) != 0
+            && !info.dli_fname.is_null()
+            && core::ffi::CStr::from_ptr(info.dli_fname) == name;
+        libc::dlclose(handle);
+        own
+    }
 }
 
 /// The next `dlclose` after ours (libc's), found with `dlsym(RTLD_NEXT)` on first use.

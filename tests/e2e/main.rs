@@ -6,6 +6,7 @@
 //! analyzer on first use, or takes `MEMTRACE_PRELOAD` / `MEMTRACE_ANALYZE`.
 
 mod alloc_kinds;
+mod allocators;
 mod bad_input;
 mod behaviour;
 mod cpp;
