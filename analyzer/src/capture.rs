@@ -17,7 +17,7 @@
 use crate::heap::StackTable;
 use crate::point::{Point, time_text};
 use crate::render;
-use crate::replay::{Ctx, Definitions, Observer, Replayer, Totals};
+use crate::replay::{Ctx, Definitions, Observer, Totals};
 use anyhow::{Result, bail};
 use memtrace_format::{Record, Trace};
 use rustc_hash::FxHashMap;
@@ -200,10 +200,11 @@ pub fn capture(trace: &Trace, name: &str, req: &Request) -> Result<Captured> {
     }
     c.times.sort_unstable();
 
-    let mut replayer = Replayer::new();
+    let (mut replayer, mut warnings) =
+        crate::report::new_replayer(trace, std::path::Path::new(name));
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut c);
-    let warnings = records.take_warnings();
+    warnings.extend(records.take_warnings());
     let (totals, _heap) = replayer.finish();
 
     // Time points with no heap event after them: the heap at the end, if they are within the run.
@@ -221,7 +222,6 @@ pub fn capture(trace: &Trace, name: &str, req: &Request) -> Result<Captured> {
     }
     c.next_time = c.times.len();
 
-    let mut warnings = warnings;
     for p in &req.points {
         if let Point::Label { label, nth: 1 } = p {
             let have = totals.marks.iter().filter(|m| &m.label == label).count();

@@ -21,6 +21,7 @@
 pub mod capture;
 pub mod cli;
 pub mod heap;
+pub mod inherit;
 pub mod key;
 pub mod point;
 pub mod render;

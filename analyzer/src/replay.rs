@@ -151,6 +151,12 @@ pub struct Totals {
     /// Reallocs recorded after another thread was already handed their old block's address (see
     /// [`Replayer`]); their old block was released when that thread got the address.
     pub reordered_reallocs: u64,
+    /// For a fork child: the blocks it inherited (its parent's live heap at the fork).
+    pub inherited_blocks: u64,
+    /// Their bytes.
+    pub inherited_bytes: u64,
+    /// Inherited blocks this process freed (or reallocated).
+    pub inherited_freed: u64,
     /// Stack definitions.
     pub stacks: u64,
     /// Module records.
@@ -198,6 +204,9 @@ pub struct Replayer {
     /// Addresses allocated while still live, with the allocating thread: candidates for a late
     /// realloc. Only as large as the number of such anomalies.
     displaced: FxHashMap<u64, u32>,
+    /// A fork child's inherited blocks still live (address -> size): its frees of them match, but
+    /// they belong to no stack of this trace and count in none of its measures.
+    inherited: FxHashMap<u64, u64>,
 }
 
 /// A thread's most recent allocation, until that thread's next matched free: heaptrack's
@@ -233,6 +242,33 @@ impl Replayer {
         &self.totals
     }
 
+    /// Starts the heap with a fork child's inherited blocks (address, size).
+    pub fn inherit(&mut self, blocks: impl IntoIterator<Item = (u64, u64)>) {
+        self.inherited.extend(blocks);
+        self.totals.inherited_blocks = self.inherited.len() as u64;
+        self.totals.inherited_bytes = self
+            .inherited
+            .values()
+            .fold(0u64, |a, &b| a.wrapping_add(b));
+    }
+
+    /// The blocks live now, inherited ones included (address, size): a fork child's heap at a
+    /// point of its parent's trace.
+    pub fn live_blocks(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.heap
+            .iter()
+            .map(|(a, b)| (a, b.size))
+            .chain(self.inherited.iter().map(|(&a, &s)| (a, s)))
+    }
+
+    /// Releases an inherited block at `addr`, if there is one.
+    #[cold]
+    fn release_inherited(&mut self, addr: u64) -> bool {
+        let freed = self.inherited.remove(&addr).is_some();
+        self.totals.inherited_freed += u64::from(freed);
+        freed
+    }
+
     /// Applies every record of `records`.
     pub fn run<O: Observer>(&mut self, records: impl Iterator<Item = ThreadRecord>, obs: &mut O) {
         for r in records {
@@ -251,6 +287,10 @@ impl Replayer {
 
     #[inline]
     fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) {
+        if !self.inherited.is_empty() {
+            // An inherited block here was freed unseen (a parent's event after the fork time).
+            self.inherited.remove(&addr);
+        }
         if let Some(old) = self.heap.insert(addr, block) {
             self.displaced_block(addr, old, obs);
         }
@@ -362,7 +402,11 @@ impl Replayer {
                 // the new block belongs to the realloc's stack. In place (`old == new`) is the same.
                 self.begin_event(time);
                 self.totals.realloc_calls += 1;
-                if old != 0 && !self.is_late_realloc(old) && !self.release(old, obs) {
+                if old != 0
+                    && !self.is_late_realloc(old)
+                    && !self.release(old, obs)
+                    && (self.inherited.is_empty() || !self.release_inherited(old))
+                {
                     self.totals.unmatched_reallocs += 1;
                 }
                 self.new_block(new, Block { size, stack }, obs);
@@ -370,7 +414,9 @@ impl Replayer {
             Record::Free { time, addr } => {
                 self.begin_event(time);
                 self.totals.free_calls += 1;
-                if !self.release(addr, obs) {
+                if !self.release(addr, obs)
+                    && (self.inherited.is_empty() || !self.release_inherited(addr))
+                {
                     // heaptrack's interpreter drops frees of unknown pointers, so they neither count
                     // as temporary nor end the temporary window.
                     self.totals.unmatched_frees += 1;

@@ -46,6 +46,7 @@ impl TraceBuilder {
             start_unix_ns: 0,
             parent_trace: None,
             tool_version: "test".into(),
+            fork_time_ns: None,
         }
     }
 

@@ -9,7 +9,8 @@ use crate::decode::{Event, Step, bincode_read, decode_chunk_header, decode_step}
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
-    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, GRANULE, HEADER_SIZE, Header, Record,
+    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, GRANULE, HEADER_SIZE, Header,
+    HeaderFirstRelease, Record,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -137,9 +138,14 @@ impl Trace {
                 reason: format!("header length {hlen} exceeds {HEADER_SIZE} bytes"),
             });
         }
-        let header: Header = head
-            .get(16..16 + hlen)
-            .and_then(bincode_read)
+        let payload = head.get(16..16 + hlen);
+        let header: Header = payload
+            .and_then(bincode_read::<Header>)
+            .or_else(|| {
+                payload
+                    .and_then(bincode_read::<HeaderFirstRelease>)
+                    .map(Header::from)
+            })
             .ok_or_else(|| ReadError::BadHeader {
                 path: path.clone(),
                 reason: "cut short or undecodable".into(),

@@ -119,6 +119,38 @@ pub struct Header {
     pub parent_trace: Option<String>,
     /// Version of the memtrace that wrote the file.
     pub tool_version: String,
+    /// For a process created by `fork`: when the fork happened, on the parent trace's clock (a fork
+    /// child's clock goes on from its parent's). Appended to the header after the first release:
+    /// readers take a header that ends before it as `None` (FORMAT.md §2).
+    #[serde(default)]
+    pub fork_time_ns: Option<u64>,
+}
+
+/// [`Header`] as the first release wrote it, without the fields appended since.
+#[derive(Deserialize)]
+pub(crate) struct HeaderFirstRelease {
+    pid: u32,
+    ppid: u32,
+    executable: String,
+    cmdline: Vec<String>,
+    start_unix_ns: u64,
+    parent_trace: Option<String>,
+    tool_version: String,
+}
+
+impl From<HeaderFirstRelease> for Header {
+    fn from(h: HeaderFirstRelease) -> Header {
+        Header {
+            pid: h.pid,
+            ppid: h.ppid,
+            executable: h.executable,
+            cmdline: h.cmdline,
+            start_unix_ns: h.start_unix_ns,
+            parent_trace: h.parent_trace,
+            tool_version: h.tool_version,
+            fork_time_ns: None,
+        }
+    }
 }
 
 /// One `PT_LOAD` segment of a module, in the module's own (file) addresses.

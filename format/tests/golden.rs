@@ -1,7 +1,9 @@
 //! The compatibility contract: a fixed trace encoded by this crate must equal the checked-in bytes of
 //! `tests/data/v1-basic.bin`, and those bytes must decode to the same records. Set
 //! `MEMTRACE_BLESS=1` to rewrite the file after a deliberate format change (which also needs a version
-//! bump, FORMAT.md §7).
+//! bump, FORMAT.md §7, unless it only appends a header field). Traces of earlier writers of the same
+//! version stay readable: `tests/data/v1-first-release.bin` is the same trace as the first release
+//! wrote it, before `fork_time_ns` was appended to the header.
 
 use memtrace_format::builder::TraceBuilder;
 use memtrace_format::{AllocKind, Frame, Header, ModuleInfo, Record, Segment, Trace};
@@ -102,6 +104,7 @@ fn header() -> Header {
         start_unix_ns: 1_700_000_000_000_000_000,
         parent_trace: None,
         tool_version: "golden".into(),
+        fork_time_ns: Some(123_456),
     }
 }
 
@@ -139,4 +142,20 @@ fn v1_basic_matches_checked_in_bytes() {
             .collect();
         assert_eq!(have, want, "thread {t}");
     }
+}
+
+#[test]
+fn a_first_release_trace_still_reads() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-first-release.bin");
+    let bytes = std::fs::read(&path).expect("tests/data/v1-first-release.bin");
+    let trace = Trace::from_bytes(bytes, "v1-first-release.bin").unwrap();
+    let want = Header {
+        fork_time_ns: None,
+        ..header()
+    };
+    assert_eq!(trace.header(), &want);
+    let got: Vec<Record> = trace.records().map(|r| r.record).collect();
+    assert_eq!(got.len(), records().len());
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
 }

@@ -9,7 +9,7 @@
 use crate::config::{self, Config};
 use crate::sink::SINK;
 use crate::{clock, guard, modules, real, record, signal, stacks, thread};
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use memtrace_format::Header;
 use memtrace_format::encode::encode_file_header;
 use std::sync::OnceLock;
@@ -25,6 +25,9 @@ static OUTPUT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 /// Set once the process is exiting: nothing may be written to stderr any more.
 static EXITING: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
+/// When the latest fork began, on the trace clock: the child's header says so, so that the analyzer
+/// can start the child's heap from its parent's at that moment.
+static FORK_TIME: AtomicU64 = AtomicU64::new(0);
 /// The pid whose trace the sink holds (set at start and in a fork child).
 static PID: AtomicU32 = AtomicU32::new(0);
 
@@ -110,7 +113,7 @@ fn read_cmdline() -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn header(parent_trace: Option<String>) -> Vec<u8> {
+fn header(parent_trace: Option<String>, fork_time_ns: Option<u64>) -> Vec<u8> {
     let executable = std::fs::read_link("/proc/self/exe")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -123,6 +126,7 @@ fn header(parent_trace: Option<String>) -> Vec<u8> {
         start_unix_ns: clock::unix_ns(),
         parent_trace,
         tool_version: env!("CARGO_PKG_VERSION").into(),
+        fork_time_ns,
     })
 }
 
@@ -162,7 +166,7 @@ fn start() {
     let _ = CONFIG.set(config);
     clock::start();
     let changes = modules::rescan(true);
-    let output = match SINK.open(&output, &header(parent_trace)) {
+    let output = match SINK.open(&output, &header(parent_trace, None)) {
         Ok(path) => path,
         Err(msg) => {
             disable(&format!("{msg}; the program runs untraced"));
@@ -319,6 +323,7 @@ extern "C" fn before_fork() {
     // This thread stays "inside the tracer" until the fork is over, so that its own allocations
     // in between cannot wait for the locks it holds.
     guard::hold();
+    FORK_TIME.store(clock::now(), Ordering::Relaxed);
     modules::before_fork();
     stacks::before_fork();
 }
@@ -340,7 +345,10 @@ extern "C" fn after_fork_child() {
             .get()
             .map(|c| config::child_output(c, &parent, pid))
             .unwrap_or_else(|| format!("{parent}.{pid}"));
-        match SINK.open(&child, &header(Some(parent))) {
+        match SINK.open(
+            &child,
+            &header(Some(parent), Some(FORK_TIME.load(Ordering::Relaxed))),
+        ) {
             Ok(child) => {
                 if let Ok(mut o) = OUTPUT.lock() {
                     *o = child;

@@ -1,6 +1,7 @@
 //! `fixtures/fork.c`: a forked child is traced into its own file, next to its parent's, and the
 //! two traces never share an event: the parent's holds what the parent did before and after the
-//! fork, the child's holds the child's allocations and names the parent's trace in its header.
+//! fork, the child's holds the child's allocations and names the parent's trace in its header. The
+//! child's analysis starts from the heap it inherited, so its frees of inherited blocks match.
 
 use memtrace_tests::{Site, analyze_json, assert_site, at_innermost, entries, fixture, run_traced};
 
@@ -71,4 +72,18 @@ fn a_forked_child_has_its_own_trace_and_the_parent_none_of_its_events() {
         "the child's header names its parent's trace"
     );
     assert_eq!(summary["ended"].as_bool(), Some(true));
+    // The child inherited the parent's heap at the fork (before_fork's block and the 3 shared
+    // ones) and freed two shared blocks: matched, not unmatched.
+    let int = |name: &str| {
+        summary[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name}: {summary:#}"))
+    };
+    assert_eq!(
+        (int("inherited_blocks"), int("inherited_bytes")),
+        (4, 1111 + 3 * 3000)
+    );
+    assert_eq!(int("inherited_freed"), 2);
+    assert_eq!(int("unmatched_frees"), 0);
+    assert_eq!(int("free_calls"), 2);
 }

@@ -14,7 +14,7 @@ use std::io::Write;
 /// Runs `leaks`.
 pub fn run(args: &LeaksArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode> {
     let trace = report::open(&args.trace.trace, err)?;
-    let analysis = report::analyze(&trace);
+    let analysis = report::analyze(&trace, &args.trace.trace);
     report::warn(err, &analysis.warnings);
     let ranked = rank(&analysis.stacks, Measure::Leaked);
     // Scripts want every leak; a terminal wants the biggest.

@@ -4,13 +4,14 @@
 
 use crate::cli::SummaryArgs;
 use crate::render::{self, Format};
-use crate::replay::{Replayer, Totals};
+use crate::replay::Totals;
 use crate::{ExitCode, report};
 use anyhow::Result;
 use memtrace_format::{AllocKind, Header, Trace};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 
 /// What `summary` reports.
 pub struct Summary {
@@ -25,11 +26,11 @@ pub struct Summary {
 }
 
 /// Replays `trace` for its totals.
-pub fn compute(trace: &Trace) -> Summary {
-    let mut replayer = Replayer::new();
+pub fn compute(trace: &Trace, path: &Path) -> Summary {
+    let (mut replayer, mut warnings) = report::new_replayer(trace, path);
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut ());
-    let warnings = records.take_warnings();
+    warnings.extend(records.take_warnings());
     let (totals, _heap) = replayer.finish();
     Summary {
         header: trace.header().clone(),
@@ -42,7 +43,7 @@ pub fn compute(trace: &Trace) -> Summary {
 /// Runs `summary`.
 pub fn run(args: &SummaryArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode> {
     let trace = report::open(&args.trace.trace, err)?;
-    let s = compute(&trace);
+    let s = compute(&trace, &args.trace.trace);
     report::warn(err, &s.warnings);
     let name = args.trace.trace.display().to_string();
     match args.format {
@@ -97,6 +98,9 @@ struct SummaryJson<'a> {
     unmatched_reallocs: u64,
     missed_frees: u64,
     reordered_reallocs: u64,
+    inherited_blocks: u64,
+    inherited_bytes: u64,
+    inherited_freed: u64,
     stacks: u64,
     modules: u64,
     module_unloads: u64,
@@ -149,6 +153,9 @@ fn to_json<'a>(name: &'a str, s: &'a Summary) -> SummaryJson<'a> {
         unmatched_reallocs: t.unmatched_reallocs,
         missed_frees: t.missed_frees,
         reordered_reallocs: t.reordered_reallocs,
+        inherited_blocks: t.inherited_blocks,
+        inherited_bytes: t.inherited_bytes,
+        inherited_freed: t.inherited_freed,
         stacks: t.stacks,
         modules: t.modules,
         module_unloads: t.module_unloads,
@@ -245,6 +252,17 @@ fn write_text(out: &mut dyn Write, name: &str, s: &Summary) -> Result<()> {
             render::percent(t.temporary_allocs, t.alloc_calls)
         ),
     ));
+    if t.inherited_blocks > 0 {
+        rows.push((
+            "inherited",
+            format!(
+                "{} in {} from the parent at the fork ({} freed here)",
+                render::bytes(t.inherited_bytes),
+                render::counted(t.inherited_blocks, "block"),
+                render::count(t.inherited_freed)
+            ),
+        ));
+    }
     if t.unmatched_frees > 0 {
         rows.push(("unmatched frees", render::count(t.unmatched_frees)));
     }

@@ -65,7 +65,7 @@ pub fn rank(stacks: &StackTable, by: Measure) -> Vec<Ranked> {
 /// Runs `top`.
 pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<ExitCode> {
     let trace = report::open(&args.trace.trace, err)?;
-    let analysis = report::analyze(&trace);
+    let analysis = report::analyze(&trace, &args.trace.trace);
     report::warn(err, &analysis.warnings);
     let ranked = rank(&analysis.stacks, args.by);
     let shown = report::shown(Some(args.limit), args.format, ranked.len());

@@ -183,7 +183,7 @@ proptest! {
             }
         }
         let trace = Trace::from_bytes(b.finish(), "model").unwrap();
-        let a = analyze(&trace);
+        let a = analyze(&trace, std::path::Path::new("model.bin"));
         let t = &a.totals;
         prop_assert_eq!(t.alloc_calls, m.alloc_calls);
         prop_assert_eq!(t.free_calls, m.free_calls);
