@@ -200,11 +200,10 @@ pub fn capture(trace: &Trace, name: &str, req: &Request) -> Result<Captured> {
     }
     c.times.sort_unstable();
 
-    let (mut replayer, mut warnings) =
-        crate::report::new_replayer(trace, std::path::Path::new(name));
+    let mut replayer = crate::report::new_replayer(trace, std::path::Path::new(name));
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut c);
-    warnings.extend(records.take_warnings());
+    let mut warnings = records.take_warnings();
     let (totals, _heap) = replayer.finish();
 
     // Time points with no heap event after them: the heap at the end, if they are within the run.

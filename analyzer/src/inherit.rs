@@ -13,20 +13,13 @@ use std::path::{Path, PathBuf};
 /// How many generations of fork parents are followed.
 const MAX_GENERATIONS: usize = 8;
 
-/// The blocks (address, size) a fork child inherited, and warnings about what could not be read.
-/// Empty for a trace that is not a fork child's.
-pub fn inherited_blocks(trace: &Trace, trace_path: &Path) -> (Vec<(u64, u64)>, Vec<String>) {
-    let mut warnings = Vec::new();
-    let blocks = blocks_at_fork(trace, trace_path, MAX_GENERATIONS, &mut warnings);
-    (blocks, warnings)
+/// The blocks (address, size) a fork child inherited. Empty for a trace that is not a fork
+/// child's, or whose parent's trace cannot be found.
+pub fn inherited_blocks(trace: &Trace, trace_path: &Path) -> Vec<(u64, u64)> {
+    blocks_at_fork(trace, trace_path, MAX_GENERATIONS)
 }
 
-fn blocks_at_fork(
-    trace: &Trace,
-    trace_path: &Path,
-    generations: usize,
-    warnings: &mut Vec<String>,
-) -> Vec<(u64, u64)> {
+fn blocks_at_fork(trace: &Trace, trace_path: &Path, generations: usize) -> Vec<(u64, u64)> {
     let header = trace.header();
     let (Some(parent), Some(fork_time)) = (&header.parent_trace, header.fork_time_ns) else {
         return Vec::new();
@@ -34,38 +27,14 @@ fn blocks_at_fork(
     if generations == 0 {
         return Vec::new();
     }
-    let Some(path) = locate(parent, trace_path) else {
-        warnings.push(format!(
-            "the parent's trace {parent} is not found: frees of blocks inherited at the fork \
-             count as unmatched"
-        ));
+    let Some((path, parent_trace)) = locate(parent, trace_path, header.ppid, header.start_unix_ns)
+    else {
+        // Gone (deleted, or still being moved by a parent that exec'd): the child's frees of
+        // inherited blocks count as unmatched, which `unmatched_frees` says; no warning.
         return Vec::new();
     };
-    let parent_trace = match Trace::open(&path) {
-        Ok(t) if t.header().pid == header.ppid => t,
-        Ok(_) => {
-            warnings.push(format!(
-                "{} is not the trace of this process's parent (pid {}): frees of inherited \
-                 blocks count as unmatched",
-                path.display(),
-                header.ppid
-            ));
-            return Vec::new();
-        }
-        Err(e) => {
-            warnings.push(format!(
-                "{e}: frees of blocks inherited at the fork count as unmatched"
-            ));
-            return Vec::new();
-        }
-    };
     let mut replayer = Replayer::new();
-    replayer.inherit(blocks_at_fork(
-        &parent_trace,
-        &path,
-        generations - 1,
-        warnings,
-    ));
+    replayer.inherit(blocks_at_fork(&parent_trace, &path, generations - 1));
     for r in parent_trace.records() {
         if time_of(&r.record).is_some_and(|t| t > fork_time) {
             break;
@@ -75,16 +44,53 @@ fn blocks_at_fork(
     replayer.live_blocks().collect()
 }
 
-/// The parent's trace: the path as the header gives it, else a file of that name beside the
-/// child's trace (traces moved together to another directory).
-fn locate(parent: &str, trace_path: &Path) -> Option<PathBuf> {
+/// The parent's trace: the file the header names, or, if the parent exec'd since (its trace was
+/// then moved to `<name>.execN`), the one of those that was being written at the fork: written by
+/// the parent's pid and started last before the child. Looked for where the header says, then
+/// beside the child's trace (traces moved together to another directory).
+fn locate(
+    parent: &str,
+    trace_path: &Path,
+    ppid: u32,
+    child_start: u64,
+) -> Option<(PathBuf, Trace)> {
     let given = PathBuf::from(parent);
-    if given.is_file() {
-        return Some(given);
+    let mut bases = vec![given.clone()];
+    if let (Some(dir), Some(name)) = (trace_path.parent(), given.file_name()) {
+        bases.push(dir.join(name));
     }
-    let beside = trace_path.parent()?.join(given.file_name()?);
-    beside.is_file().then_some(beside)
+    for base in bases {
+        let mut best: Option<(PathBuf, Trace)> = None;
+        let execs = (1..=MAX_EXECS).map(|k| {
+            let mut n = base.clone().into_os_string();
+            n.push(format!(".exec{k}"));
+            PathBuf::from(n)
+        });
+        for path in std::iter::once(base.clone()).chain(execs) {
+            if !path.is_file() {
+                continue;
+            }
+            let Ok(t) = Trace::open(&path) else { continue };
+            let h = t.header();
+            if h.pid != ppid || h.start_unix_ns > child_start {
+                continue;
+            }
+            if best
+                .as_ref()
+                .is_none_or(|(_, b)| b.header().start_unix_ns < h.start_unix_ns)
+            {
+                best = Some((path, t));
+            }
+        }
+        if best.is_some() {
+            return best;
+        }
+    }
+    None
 }
+
+/// How many `.execN` generations of a parent's trace are looked at.
+const MAX_EXECS: usize = 16;
 
 fn time_of(record: &Record) -> Option<u64> {
     match *record {

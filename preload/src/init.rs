@@ -142,11 +142,10 @@ fn start() {
     // First, so that the exec hooks never need dlsym later (in a vfork child), even if tracing
     // cannot start.
     real::resolve_exec();
-    if !real::hooks_come_first() {
-        disable(
-            "another allocator comes before libmemtrace.so in LD_PRELOAD, so the program's \
-             allocations never reach memtrace; put libmemtrace.so first. Nothing is traced",
-        );
+    if let Some(allocator) = real::allocator_in_front()
+        && let Err(msg) = crate::plt::take_over(allocator)
+    {
+        disable(&msg);
         return;
     }
     let pid = std::process::id();

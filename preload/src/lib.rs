@@ -28,6 +28,7 @@ mod guard;
 mod hooks;
 mod init;
 mod modules;
+mod plt;
 mod real;
 mod record;
 mod signal;

@@ -11,7 +11,7 @@
 //! system call.
 
 use crate::bootstrap;
-use core::ffi::{c_int, c_void};
+use core::ffi::{CStr, c_int, c_void};
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use libc::size_t;
 
@@ -62,12 +62,26 @@ static NEXT_FNS: Next = Next {
     pvalloc: AtomicUsize::new(0),
 };
 
-/// `dlsym(RTLD_NEXT, name)`, or 0 when that is glibc's own `glibc` function (the next allocator
-/// lacks it) or nothing.
-fn next_symbol(name: &core::ffi::CStr, glibc: usize) -> usize {
+/// `dlsym(RTLD_NEXT, name)`, or 0 when that is glibc's own function (the next allocator lacks it)
+/// or nothing.
+fn next_symbol(name: &core::ffi::CStr) -> usize {
     // SAFETY: a NUL-terminated name; RTLD_NEXT resolves past this library.
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    if p == glibc { 0 } else { p }
+    if in_glibc(p) { 0 } else { p }
+}
+
+/// Whether `p` is 0 or a function of glibc's libc.so.6. Decided by the object that holds it, not
+/// by comparing with `__libc_malloc` and friends: an allocator such as tcmalloc defines those too,
+/// and a reference to them from here may be bound to its copies.
+fn in_glibc(p: usize) -> bool {
+    if p == 0 {
+        return true;
+    }
+    let libc_fn = libc::gnu_get_libc_version as *const () as *const c_void;
+    match (object_of(p as *const c_void), object_of(libc_fn)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// Finds out which allocator comes after ours, once, when libc can answer (`ready`). Until then,
@@ -82,7 +96,17 @@ fn find_forward(ready: bool) {
     {
         return;
     }
-    let malloc = next_symbol(c"malloc", libc_malloc as *const () as usize);
+    // An allocator loaded before us owns every block from the start: forward to it, never mixing
+    // in glibc's (plt.rs then takes the program's calls back from it).
+    if let Some(allocator) = allocator_before_us() {
+        if forward_to(&allocator) {
+            let _ = IN_FRONT.set(allocator);
+        } else {
+            FORWARD.store(GLIBC, Ordering::Release);
+        }
+        return;
+    }
+    let malloc = next_symbol(c"malloc");
     if malloc == 0 {
         FORWARD.store(GLIBC, Ordering::Release);
         return;
@@ -90,19 +114,15 @@ fn find_forward(ready: bool) {
     let n = &NEXT_FNS;
     n.malloc.store(malloc, Ordering::Relaxed);
     let pairs = [
-        (&n.calloc, c"calloc", libc_calloc as *const () as usize),
-        (&n.realloc, c"realloc", libc_realloc as *const () as usize),
-        (&n.free, c"free", libc_free as *const () as usize),
-        (
-            &n.memalign,
-            c"memalign",
-            libc_memalign as *const () as usize,
-        ),
-        (&n.valloc, c"valloc", libc_valloc as *const () as usize),
-        (&n.pvalloc, c"pvalloc", libc_pvalloc as *const () as usize),
+        (&n.calloc, c"calloc"),
+        (&n.realloc, c"realloc"),
+        (&n.free, c"free"),
+        (&n.memalign, c"memalign"),
+        (&n.valloc, c"valloc"),
+        (&n.pvalloc, c"pvalloc"),
     ];
-    for (slot, name, glibc) in pairs {
-        slot.store(next_symbol(name, glibc), Ordering::Relaxed);
+    for (slot, name) in pairs {
+        slot.store(next_symbol(name), Ordering::Relaxed);
     }
     FORWARD.store(NEXT, Ordering::Release);
 }
@@ -248,7 +268,11 @@ pub fn memalign(align: usize, size: usize) -> *mut c_void {
             // SAFETY: an allocator without memalign has posix_memalign (C11/POSIX); found by name
             // like the others, with its C signature; `p` is a valid out-pointer.
             unsafe {
-                let f = libc::dlsym(libc::RTLD_NEXT, c"posix_memalign".as_ptr()) as usize;
+                let library = match NEXT_LIBRARY.load(Ordering::Relaxed) {
+                    0 => libc::RTLD_NEXT,
+                    h => h as *mut c_void,
+                };
+                let f = libc::dlsym(library, c"posix_memalign".as_ptr()) as usize;
                 if f != 0 {
                     let f: unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int =
                         core::mem::transmute(f);
@@ -303,18 +327,16 @@ pub fn pvalloc(size: usize) -> *mut c_void {
 /// The page size on x86_64 Linux.
 const PAGE: usize = 4096;
 
-/// Whether `malloc` calls of the program reach libmemtrace.so: false when a library loaded before
-/// it (`LD_PRELOAD=libjemalloc.so.2:libmemtrace.so`) defines `malloc`, which then serves every
-/// call and leaves nothing for memtrace to see.
+/// The library loaded before libmemtrace.so that defines `malloc`, if any
+/// (`LD_PRELOAD=libjemalloc.so.2:libmemtrace.so`): it comes first in the symbol search order, so
+/// the program's calls reach it, not memtrace (`plt.rs` takes them back).
 ///
-/// The libraries are compared, not addresses: inside libmemtrace.so a reference to its own
-/// exported `malloc` is itself resolved through the search order, and in a non-PIE executable that
-/// takes `malloc`'s address the global `malloc` is the executable's PLT stub. The executable is
-/// not checked (it is searched first but rarely defines `malloc`).
-pub fn hooks_come_first() -> bool {
-    let Some(ours) = object_of(hooks_come_first as *const () as *const c_void) else {
-        return true;
-    };
+/// Libraries are compared, not addresses: inside libmemtrace.so a reference to its own exported
+/// `malloc` is itself resolved through the search order, and in a non-PIE executable that takes
+/// `malloc`'s address the global `malloc` is the executable's PLT stub. The executable is not
+/// checked (it is searched first but rarely defines `malloc`).
+fn allocator_before_us() -> Option<std::ffi::CString> {
+    let ours = object_of(allocator_before_us as *const () as *const c_void)?;
     // Objects in load order (the executable, the LD_PRELOAD libraries in order, then the rest):
     // the names of those before ours.
     struct Walk {
@@ -350,8 +372,54 @@ pub fn hooks_come_first() -> bool {
     };
     // SAFETY: the callback only reads what the loader hands it and writes `walk`.
     unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
-    !walk.before.iter().any(|name| defines_malloc(name))
+    walk.before.into_iter().find(|name| defines_malloc(name))
 }
+
+/// The allocator loaded before libmemtrace.so that the hooks forward to, if there is one.
+static IN_FRONT: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
+/// The library of the allocator loaded before libmemtrace.so, which the hooks forward to (see
+/// [`allocator_before_us`]); `None` when the allocator comes after us or is glibc's.
+pub fn allocator_in_front() -> Option<&'static CStr> {
+    forward();
+    IN_FRONT.get().map(|c| c.as_c_str())
+}
+
+/// From now on, forward to the allocator in the loaded library `name` (one that comes before
+/// libmemtrace.so: `RTLD_NEXT` would skip it), taking its functions from the library itself.
+fn forward_to(name: &core::ffi::CStr) -> bool {
+    // SAFETY: RTLD_NOLOAD only looks the loaded library up; its reference is kept for good (the
+    // forwarding uses its functions until exit); names are NUL-terminated.
+    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return false;
+    }
+    let sym = |n: &core::ffi::CStr| {
+        // SAFETY: as above; dlsym only looks names up in the library and its dependencies.
+        let p = unsafe { libc::dlsym(handle, n.as_ptr()) } as usize;
+        if in_glibc(p) { 0 } else { p }
+    };
+    let n = &NEXT_FNS;
+    let malloc = sym(c"malloc");
+    let free = sym(c"free");
+    let realloc = sym(c"realloc");
+    if malloc == 0 || free == 0 || realloc == 0 {
+        return false;
+    }
+    n.malloc.store(malloc, Ordering::Relaxed);
+    n.free.store(free, Ordering::Relaxed);
+    n.realloc.store(realloc, Ordering::Relaxed);
+    n.calloc.store(sym(c"calloc"), Ordering::Relaxed);
+    n.memalign.store(sym(c"memalign"), Ordering::Relaxed);
+    n.valloc.store(sym(c"valloc"), Ordering::Relaxed);
+    n.pvalloc.store(sym(c"pvalloc"), Ordering::Relaxed);
+    NEXT_LIBRARY.store(handle as usize, Ordering::Relaxed);
+    FORWARD.store(NEXT, Ordering::Release);
+    true
+}
+
+/// The library [`forward_to`] forwards to (a `dlopen` handle), 0 for `RTLD_NEXT`.
+static NEXT_LIBRARY: AtomicUsize = AtomicUsize::new(0);
 
 /// The base address of the object that holds `addr`.
 fn object_of(addr: *const c_void) -> Option<usize> {

@@ -1,8 +1,8 @@
-//! Another allocator in the process. `LD_PRELOAD=libmemtrace.so:libjemalloc.so.2` (or tcmalloc):
-//! memtrace forwards every call to that allocator, not to glibc's, and still traces them exactly.
-//! The other order, with the allocator first, leaves memtrace nothing to see: it says so in one
-//! line and the program runs as before. Skipped with a note where the allocator is not installed
-//! (CI installs both: see `.ci/run`).
+//! Another allocator in the process, in either order: `LD_PRELOAD=libmemtrace.so:libjemalloc.so.2`
+//! (memtrace forwards every call to that allocator, not to glibc's) and
+//! `LD_PRELOAD=libjemalloc.so.2:libmemtrace.so` (memtrace takes the calls back through the PLT and
+//! forwards them to it): the allocator serves the program, and the trace is exact. Skipped with a
+//! note where the allocator is not installed (CI installs jemalloc and tcmalloc: see `.ci/run`).
 
 use std::path::{Path, PathBuf};
 
@@ -66,13 +66,7 @@ fn calls_are_forwarded_to_jemalloc_and_traced() {
     // jemalloc prints its statistics at exit when asked: the number of allocations it served
     // shows that it served the program (forwarded to glibc instead, it serves its own 2).
     let out = forwarded_and_traced(&jemalloc, &[("MALLOC_CONF", "stats_print:true")]);
-    let served: u64 = out
-        .stderr
-        .lines()
-        .find(|l| l.starts_with("total:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no jemalloc statistics on stderr:\n{}", out.stderr));
+    let served = jemalloc_served(&out.stderr);
     assert!(
         served > 100,
         "jemalloc served {served} allocations: the calls did not reach it"
@@ -87,29 +81,52 @@ fn calls_are_forwarded_to_tcmalloc_and_traced() {
     forwarded_and_traced(&tcmalloc, &[]);
 }
 
+/// Runs `fixtures/exits.c` with `allocator` before libmemtrace.so in `LD_PRELOAD`.
+fn allocator_first(allocator: &Path, extra_env: &[(&str, &str)]) -> memtrace_tests::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let preload = format!("{}:{}", allocator.display(), artifacts().preload.display());
+    let out = run_exits(&preload, dir.path(), extra_env);
+    out.assert_code(6, "exits return with the allocator first");
+    assert_eq!(out.stdout, "mode return\n");
+    assert!(!out.stderr.contains("memtrace:"), "{}", out.stderr);
+    let trace = dir.path().join("trace.bin");
+    let leaks = entries(&analyze_json(&[
+        "leaks".as_ref(),
+        trace.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ]));
+    assert_site(&leaks, fixture("exits.c"), "leaks", BEFORE_EXIT);
+    out
+}
+
 #[test]
-fn an_allocator_before_memtrace_is_reported_and_changes_nothing() {
+fn jemalloc_loaded_first_still_serves_and_is_traced() {
     let Some(jemalloc) = library("libjemalloc.so.2", "jemalloc first") else {
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let preload = format!("{}:{}", jemalloc.display(), artifacts().preload.display());
-    let out = run_exits(&preload, dir.path(), &[]);
-    out.assert_code(6, "exits return with jemalloc first");
-    assert_eq!(out.stdout, "mode return\n");
-    assert_eq!(
-        out.stderr.matches("memtrace:").count(),
-        1,
-        "one line about the order; stderr:\n{}",
+    let out = allocator_first(&jemalloc, &[("MALLOC_CONF", "stats_print:true")]);
+    assert!(
+        jemalloc_served(&out.stderr) > 100,
+        "jemalloc did not serve the program:\n{}",
         out.stderr
     );
-    assert!(
-        out.stderr.contains("put libmemtrace.so first"),
-        "{}",
-        out.stderr
-    );
-    assert!(
-        !dir.path().join("trace.bin").exists(),
-        "no trace is written"
-    );
+}
+
+#[test]
+fn tcmalloc_loaded_first_is_traced() {
+    let Some(tcmalloc) = library("libtcmalloc_minimal.so.4", "tcmalloc first") else {
+        return;
+    };
+    allocator_first(&tcmalloc, &[]);
+}
+
+/// The number of allocations jemalloc's exit statistics say it served.
+fn jemalloc_served(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find(|l| l.starts_with("total:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no jemalloc statistics on stderr:\n{stderr}"))
 }

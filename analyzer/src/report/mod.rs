@@ -50,21 +50,20 @@ pub struct Analysis {
 }
 
 /// A replayer for the trace at `path`, holding the blocks a fork child inherited (see
-/// `inherit.rs`), and the warnings about them.
-pub fn new_replayer(trace: &Trace, path: &Path) -> (Replayer, Vec<String>) {
+/// `inherit.rs`).
+pub fn new_replayer(trace: &Trace, path: &Path) -> Replayer {
     let mut replayer = Replayer::new();
-    let (blocks, warnings) = crate::inherit::inherited_blocks(trace, path);
-    replayer.inherit(blocks);
-    (replayer, warnings)
+    replayer.inherit(crate::inherit::inherited_blocks(trace, path));
+    replayer
 }
 
 /// Replays `trace` (read from `path`) once with per-stack statistics and definitions.
 pub fn analyze(trace: &Trace, path: &Path) -> Analysis {
-    let (mut replayer, mut warnings) = new_replayer(trace, path);
+    let mut replayer = new_replayer(trace, path);
     let mut obs = (StackTable::default(), Definitions::default());
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut obs);
-    warnings.extend(records.take_warnings());
+    let warnings = records.take_warnings();
     let (totals, _heap) = replayer.finish();
     let (mut stacks, defs) = obs;
     stacks.finalize(totals.peak_seq);

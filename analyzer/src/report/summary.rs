@@ -27,10 +27,10 @@ pub struct Summary {
 
 /// Replays `trace` for its totals.
 pub fn compute(trace: &Trace, path: &Path) -> Summary {
-    let (mut replayer, mut warnings) = report::new_replayer(trace, path);
+    let mut replayer = report::new_replayer(trace, path);
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut ());
-    warnings.extend(records.take_warnings());
+    let warnings = records.take_warnings();
     let (totals, _heap) = replayer.finish();
     Summary {
         header: trace.header().clone(),
