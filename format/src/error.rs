@@ -8,13 +8,12 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum ReadError {
     /// The file could not be opened or mapped.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The file.
         path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
+        /// The OS error, in the message (not a `source`: error chains would print it twice).
+        error: std::io::Error,
     },
     /// The file is empty.
     #[error("{path} is empty: the traced program wrote nothing (did it start?)")]

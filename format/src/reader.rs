@@ -93,9 +93,9 @@ impl Trace {
     /// Opens and indexes the trace at `path`.
     pub fn open(path: &Path) -> Result<Trace, ReadError> {
         let name = path.display().to_string();
-        let io = |source| ReadError::Io {
+        let io = |error| ReadError::Io {
             path: name.clone(),
-            source,
+            error,
         };
         let file = std::fs::File::open(path).map_err(io)?;
         let meta = file.metadata().map_err(io)?;
