@@ -62,14 +62,6 @@ static NEXT_FNS: Next = Next {
     pvalloc: AtomicUsize::new(0),
 };
 
-/// `dlsym(RTLD_NEXT, name)`, or 0 when that is glibc's own function (the next allocator lacks it)
-/// or nothing.
-fn next_symbol(name: &core::ffi::CStr) -> usize {
-    // SAFETY: a NUL-terminated name; RTLD_NEXT resolves past this library.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    if in_glibc(p) { 0 } else { p }
-}
-
 /// Whether `p` is 0 or a function of glibc's libc.so.6. Decided by the object that holds it, not
 /// by comparing with `__libc_malloc` and friends: an allocator such as tcmalloc defines those too,
 /// and a reference to them from here may be bound to its copies.
@@ -97,34 +89,25 @@ fn find_forward(ready: bool) {
         return;
     }
     // An allocator loaded before us owns every block from the start: forward to it, never mixing
-    // in glibc's (plt.rs then takes the program's calls back from it).
-    if let Some(allocator) = allocator_before_us() {
-        if forward_to(&allocator) {
-            let _ = IN_FRONT.set(allocator);
-        } else {
-            FORWARD.store(GLIBC, Ordering::Release);
+    // in glibc's (plt.rs then takes the program's calls back from it). Otherwise, to the one after
+    // us, if it is not glibc.
+    let forwarded = match allocator_before_us() {
+        Some(allocator) => {
+            // SAFETY: RTLD_NOLOAD only looks the loaded library up; its reference is kept for good
+            // (the forwarding uses its functions until exit); the name is NUL-terminated.
+            let handle =
+                unsafe { libc::dlopen(allocator.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+            let ok = !handle.is_null() && forward_from(handle);
+            if ok {
+                let _ = IN_FRONT.set(allocator);
+            }
+            ok
         }
-        return;
-    }
-    let malloc = next_symbol(c"malloc");
-    if malloc == 0 {
+        None => forward_from(libc::RTLD_NEXT),
+    };
+    if !forwarded {
         FORWARD.store(GLIBC, Ordering::Release);
-        return;
     }
-    let n = &NEXT_FNS;
-    n.malloc.store(malloc, Ordering::Relaxed);
-    let pairs = [
-        (&n.calloc, c"calloc"),
-        (&n.realloc, c"realloc"),
-        (&n.free, c"free"),
-        (&n.memalign, c"memalign"),
-        (&n.valloc, c"valloc"),
-        (&n.pvalloc, c"pvalloc"),
-    ];
-    for (slot, name) in pairs {
-        slot.store(next_symbol(name), Ordering::Relaxed);
-    }
-    FORWARD.store(NEXT, Ordering::Release);
 }
 
 /// The forwarding state, finding it out first if need be. `ready`: libc can be asked.
@@ -268,10 +251,7 @@ pub fn memalign(align: usize, size: usize) -> *mut c_void {
             // SAFETY: an allocator without memalign has posix_memalign (C11/POSIX); found by name
             // like the others, with its C signature; `p` is a valid out-pointer.
             unsafe {
-                let library = match NEXT_LIBRARY.load(Ordering::Relaxed) {
-                    0 => libc::RTLD_NEXT,
-                    h => h as *mut c_void,
-                };
+                let library = NEXT_LIBRARY.load(Ordering::Relaxed) as *mut c_void;
                 let f = libc::dlsym(library, c"posix_memalign".as_ptr()) as usize;
                 if f != 0 {
                     let f: unsafe extern "C" fn(*mut *mut c_void, size_t, size_t) -> c_int =
@@ -385,24 +365,17 @@ pub fn allocator_in_front() -> Option<&'static CStr> {
     IN_FRONT.get().map(|c| c.as_c_str())
 }
 
-/// From now on, forward to the allocator in the loaded library `name` (one that comes before
-/// libmemtrace.so: `RTLD_NEXT` would skip it), taking its functions from the library itself.
-fn forward_to(name: &core::ffi::CStr) -> bool {
-    // SAFETY: RTLD_NOLOAD only looks the loaded library up; its reference is kept for good (the
-    // forwarding uses its functions until exit); names are NUL-terminated.
-    let handle = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-    if handle.is_null() {
-        return false;
-    }
-    let sym = |n: &core::ffi::CStr| {
-        // SAFETY: as above; dlsym only looks names up in the library and its dependencies.
-        let p = unsafe { libc::dlsym(handle, n.as_ptr()) } as usize;
+/// Forwards from now on to the allocator that `library` (a `dlopen` handle, or `RTLD_NEXT`)
+/// leads `dlsym` to, if it has its own `malloc`, `free` and `realloc` (not glibc's).
+fn forward_from(library: *mut c_void) -> bool {
+    let sym = |n: &CStr| {
+        // SAFETY: dlsym only looks a NUL-terminated name up from `library`, a live handle or
+        // RTLD_NEXT.
+        let p = unsafe { libc::dlsym(library, n.as_ptr()) } as usize;
         if in_glibc(p) { 0 } else { p }
     };
     let n = &NEXT_FNS;
-    let malloc = sym(c"malloc");
-    let free = sym(c"free");
-    let realloc = sym(c"realloc");
+    let (malloc, free, realloc) = (sym(c"malloc"), sym(c"free"), sym(c"realloc"));
     if malloc == 0 || free == 0 || realloc == 0 {
         return false;
     }
@@ -413,12 +386,12 @@ fn forward_to(name: &core::ffi::CStr) -> bool {
     n.memalign.store(sym(c"memalign"), Ordering::Relaxed);
     n.valloc.store(sym(c"valloc"), Ordering::Relaxed);
     n.pvalloc.store(sym(c"pvalloc"), Ordering::Relaxed);
-    NEXT_LIBRARY.store(handle as usize, Ordering::Relaxed);
+    NEXT_LIBRARY.store(library as usize, Ordering::Relaxed);
     FORWARD.store(NEXT, Ordering::Release);
     true
 }
 
-/// The library [`forward_to`] forwards to (a `dlopen` handle), 0 for `RTLD_NEXT`.
+/// The library [`forward_from`] forwards to (a `dlopen` handle, or `RTLD_NEXT`).
 static NEXT_LIBRARY: AtomicUsize = AtomicUsize::new(0);
 
 /// The base address of the object that holds `addr`.

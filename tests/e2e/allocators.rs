@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use memtrace_tests::{
-    Program, Site, analyze_json, artifacts, assert_site, entries, fixture, run_plain,
+    Output, Program, Site, analyze_json, artifacts, assert_site, entries, fixture, run_plain,
 };
 
 const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
@@ -26,28 +26,36 @@ fn library(name: &str, test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Runs `fixtures/exits.c` (mode `return`: leaks 4321 bytes, exits 6) with `preload` as
-/// `LD_PRELOAD`, writing its trace into `dir`.
-fn run_exits(preload: &str, dir: &Path, extra_env: &[(&str, &str)]) -> memtrace_tests::Output {
-    let fx = fixture("exits.c");
-    let mut program: Program = fx
+/// Where the allocator goes in `LD_PRELOAD`, relative to libmemtrace.so.
+#[derive(Clone, Copy)]
+enum Order {
+    AllocatorFirst,
+    MemtraceFirst,
+}
+
+/// Runs `fixtures/exits.c` (mode `return`: leaks 4321 bytes, exits 6) with `allocator` and
+/// libmemtrace.so in `LD_PRELOAD` in `order`, checks that it behaved and that the trace holds its
+/// leak exactly, and returns what it printed.
+fn traced_with(allocator: &Path, order: Order, extra_env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (memtrace, allocator) = (artifacts().preload.display(), allocator.display());
+    let preload = match order {
+        Order::AllocatorFirst => format!("{allocator}:{memtrace}"),
+        Order::MemtraceFirst => format!("{memtrace}:{allocator}"),
+    };
+    let trace = dir.path().join("trace.bin");
+    let mut program: Program = fixture("exits.c")
         .program(&["return"])
-        .env("LD_PRELOAD", preload)
-        .env("MEMTRACE_OUTPUT", dir.join("trace.bin"))
+        .env("LD_PRELOAD", &preload)
+        .env("MEMTRACE_OUTPUT", &trace)
         .env("MEMTRACE_QUIET", "1");
     for (k, v) in extra_env {
         program = program.env(k, v);
     }
-    run_plain(&program)
-}
-
-fn forwarded_and_traced(allocator: &Path, extra_env: &[(&str, &str)]) -> memtrace_tests::Output {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let preload = format!("{}:{}", artifacts().preload.display(), allocator.display());
-    let out = run_exits(&preload, dir.path(), extra_env);
-    out.assert_code(6, "exits return with another allocator");
+    let out = run_plain(&program);
+    out.assert_code(6, &format!("exits return with LD_PRELOAD={preload}"));
     assert_eq!(out.stdout, "mode return\n");
-    let trace = dir.path().join("trace.bin");
+    assert!(!out.stderr.contains("memtrace:"), "{}", out.stderr);
     let leaks = entries(&analyze_json(&[
         "leaks".as_ref(),
         trace.as_os_str(),
@@ -65,7 +73,11 @@ fn calls_are_forwarded_to_jemalloc_and_traced() {
     };
     // jemalloc prints its statistics at exit when asked: the number of allocations it served
     // shows that it served the program (forwarded to glibc instead, it serves its own 2).
-    let out = forwarded_and_traced(&jemalloc, &[("MALLOC_CONF", "stats_print:true")]);
+    let out = traced_with(
+        &jemalloc,
+        Order::MemtraceFirst,
+        &[("MALLOC_CONF", "stats_print:true")],
+    );
     let served = jemalloc_served(&out.stderr);
     assert!(
         served > 100,
@@ -78,26 +90,7 @@ fn calls_are_forwarded_to_tcmalloc_and_traced() {
     let Some(tcmalloc) = library("libtcmalloc_minimal.so.4", "tcmalloc") else {
         return;
     };
-    forwarded_and_traced(&tcmalloc, &[]);
-}
-
-/// Runs `fixtures/exits.c` with `allocator` before libmemtrace.so in `LD_PRELOAD`.
-fn allocator_first(allocator: &Path, extra_env: &[(&str, &str)]) -> memtrace_tests::Output {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let preload = format!("{}:{}", allocator.display(), artifacts().preload.display());
-    let out = run_exits(&preload, dir.path(), extra_env);
-    out.assert_code(6, "exits return with the allocator first");
-    assert_eq!(out.stdout, "mode return\n");
-    assert!(!out.stderr.contains("memtrace:"), "{}", out.stderr);
-    let trace = dir.path().join("trace.bin");
-    let leaks = entries(&analyze_json(&[
-        "leaks".as_ref(),
-        trace.as_os_str(),
-        "--format".as_ref(),
-        "json".as_ref(),
-    ]));
-    assert_site(&leaks, fixture("exits.c"), "leaks", BEFORE_EXIT);
-    out
+    traced_with(&tcmalloc, Order::MemtraceFirst, &[]);
 }
 
 #[test]
@@ -105,7 +98,11 @@ fn jemalloc_loaded_first_still_serves_and_is_traced() {
     let Some(jemalloc) = library("libjemalloc.so.2", "jemalloc first") else {
         return;
     };
-    let out = allocator_first(&jemalloc, &[("MALLOC_CONF", "stats_print:true")]);
+    let out = traced_with(
+        &jemalloc,
+        Order::AllocatorFirst,
+        &[("MALLOC_CONF", "stats_print:true")],
+    );
     assert!(
         jemalloc_served(&out.stderr) > 100,
         "jemalloc did not serve the program:\n{}",
@@ -118,7 +115,7 @@ fn tcmalloc_loaded_first_is_traced() {
     let Some(tcmalloc) = library("libtcmalloc_minimal.so.4", "tcmalloc first") else {
         return;
     };
-    allocator_first(&tcmalloc, &[]);
+    traced_with(&tcmalloc, Order::AllocatorFirst, &[]);
 }
 
 /// The number of allocations jemalloc's exit statistics say it served.
