@@ -27,6 +27,7 @@ mod config;
 mod guard;
 mod hooks;
 mod init;
+mod loader;
 mod modules;
 mod plt;
 mod real;

@@ -10,8 +10,8 @@
 //! Not patched: libmemtrace.so itself, the allocator's own library (its internal calls stay its
 //! own), the dynamic loader (it calls the allocator through a pointer, not a PLT) and the vDSO.
 
+use crate::loader;
 use core::ffi::{CStr, c_void};
-use std::ffi::CString;
 
 /// The functions taken back, each with the name of our hook that replaces it.
 const FUNCTIONS: [&CStr; 10] = [
@@ -37,10 +37,10 @@ pub fn take_over(allocator: &CStr) -> Result<usize, String> {
             allocator.to_string_lossy()
         )
     };
-    let ours = our_library().ok_or_else(fail)?;
+    let (_, ours) = loader::ourselves().ok_or_else(fail)?;
     let hooks = our_hooks(&ours).ok_or_else(fail)?;
     let mut patched = 0;
-    for name in loaded_objects() {
+    for loader::Object { name, .. } in loader::loaded_objects() {
         let skip = name.as_c_str() == ours.as_c_str()
             || name.as_c_str() == allocator
             || name.to_bytes().is_empty()
@@ -99,27 +99,6 @@ fn replace_all(object: &plthook::ObjectFile, hooks: &[(&CStr, usize)]) -> bool {
     any
 }
 
-/// The loader's name of libmemtrace.so.
-fn our_library() -> Option<CString> {
-    let mut info: libc::Dl_info = unsafe_zeroed_dl_info();
-    // SAFETY: dladdr only reads the loader's tables and fills `info`.
-    let found = unsafe { libc::dladdr(take_over as *const () as *const c_void, &mut info) } != 0;
-    if !found || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dladdr's dli_fname is a NUL-terminated string owned by the loader.
-    Some(unsafe { CStr::from_ptr(info.dli_fname) }.to_owned())
-}
-
-fn unsafe_zeroed_dl_info() -> libc::Dl_info {
-    libc::Dl_info {
-        dli_fname: core::ptr::null(),
-        dli_fbase: core::ptr::null_mut(),
-        dli_sname: core::ptr::null(),
-        dli_saddr: core::ptr::null_mut(),
-    }
-}
-
 /// Our hooks' addresses, looked up in our own library (a reference from our code would be bound
 /// through the search order, to the other allocator's functions).
 fn our_hooks(ours: &CStr) -> Option<Vec<(&'static CStr, usize)>> {
@@ -139,26 +118,4 @@ fn our_hooks(ours: &CStr) -> Option<Vec<(&'static CStr, usize)>> {
         hooks.push((name, p));
     }
     Some(hooks)
-}
-
-/// The loader's names of the loaded objects, in load order.
-fn loaded_objects() -> Vec<CString> {
-    unsafe extern "C" fn visit(
-        info: *mut libc::dl_phdr_info,
-        _: usize,
-        data: *mut c_void,
-    ) -> core::ffi::c_int {
-        // SAFETY: dl_iterate_phdr passes a valid info; `data` is the Vec we gave it.
-        unsafe {
-            let names = &mut *(data as *mut Vec<CString>);
-            if !(*info).dlpi_name.is_null() {
-                names.push(CStr::from_ptr((*info).dlpi_name).to_owned());
-            }
-        }
-        0
-    }
-    let mut names: Vec<CString> = Vec::new();
-    // SAFETY: the callback only reads what the loader hands it and writes `names`.
-    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut names as *mut Vec<CString>).cast()) };
-    names
 }

@@ -10,7 +10,7 @@
 //! with `dlsym(RTLD_NEXT)`, the exec functions likewise at start-up; `_exit` is the `exit_group`
 //! system call.
 
-use crate::bootstrap;
+use crate::{bootstrap, loader};
 use core::ffi::{CStr, c_int, c_void};
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use libc::size_t;
@@ -70,8 +70,11 @@ fn in_glibc(p: usize) -> bool {
         return true;
     }
     let libc_fn = libc::gnu_get_libc_version as *const () as *const c_void;
-    match (object_of(p as *const c_void), object_of(libc_fn)) {
-        (Some(a), Some(b)) => a == b,
+    match (
+        loader::object_of(p as *const c_void),
+        loader::object_of(libc_fn),
+    ) {
+        (Some((a, _)), Some((b, _))) => a == b,
         _ => false,
     }
 }
@@ -316,43 +319,13 @@ const PAGE: usize = 4096;
 /// `malloc`'s address the global `malloc` is the executable's PLT stub. The executable is not
 /// checked (it is searched first but rarely defines `malloc`).
 fn allocator_before_us() -> Option<std::ffi::CString> {
-    let ours = object_of(allocator_before_us as *const () as *const c_void)?;
-    // Objects in load order (the executable, the LD_PRELOAD libraries in order, then the rest):
-    // the names of those before ours.
-    struct Walk {
-        ours: usize,
-        before: Vec<std::ffi::CString>,
-        done: bool,
-    }
-    unsafe extern "C" fn visit(
-        info: *mut libc::dl_phdr_info,
-        _: usize,
-        data: *mut c_void,
-    ) -> c_int {
-        // SAFETY: dl_iterate_phdr passes a valid info; `data` is the Walk we gave it.
-        unsafe {
-            let walk = &mut *(data as *mut Walk);
-            if walk.done || (*info).dlpi_name.is_null() {
-                return 0;
-            }
-            let name = core::ffi::CStr::from_ptr((*info).dlpi_name);
-            // A shared object's load bias is its base address.
-            if (*info).dlpi_addr as usize == walk.ours {
-                walk.done = true;
-            } else if !name.is_empty() {
-                walk.before.push(name.to_owned());
-            }
-        }
-        0
-    }
-    let mut walk = Walk {
-        ours,
-        before: Vec::new(),
-        done: false,
-    };
-    // SAFETY: the callback only reads what the loader hands it and writes `walk`.
-    unsafe { libc::dl_iterate_phdr(Some(visit), (&mut walk as *mut Walk).cast()) };
-    walk.before.into_iter().find(|name| defines_malloc(name))
+    let (ours, _) = loader::ourselves()?;
+    loader::loaded_objects()
+        .into_iter()
+        .take_while(|o| o.bias != ours)
+        .filter(|o| !o.name.is_empty())
+        .map(|o| o.name)
+        .find(|name| defines_malloc(name))
 }
 
 /// The allocator loaded before libmemtrace.so that the hooks forward to, if there is one.
@@ -394,31 +367,18 @@ fn forward_from(library: *mut c_void) -> bool {
 /// The library [`forward_from`] forwards to (a `dlopen` handle, or `RTLD_NEXT`).
 static NEXT_LIBRARY: AtomicUsize = AtomicUsize::new(0);
 
-/// The base address of the object that holds `addr`.
-fn object_of(addr: *const c_void) -> Option<usize> {
-    // SAFETY: dladdr only reads the loader's tables and fills the plain struct we pass.
-    unsafe {
-        let mut info: libc::Dl_info = core::mem::zeroed();
-        (libc::dladdr(addr, &mut info) != 0).then_some(info.dli_fbase as usize)
-    }
-}
-
 /// Whether the loaded library `name` (as the loader names it) itself defines `malloc`.
-fn defines_malloc(name: &core::ffi::CStr) -> bool {
+fn defines_malloc(name: &CStr) -> bool {
     // SAFETY: RTLD_NOLOAD only looks the loaded library up (it takes a reference, dropped below);
-    // dlsym searches it and its dependencies; dladdr fills the plain struct we pass; all names
-    // are NUL-terminated.
+    // dlsym searches it and its dependencies; names are NUL-terminated.
     unsafe {
         let handle = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
         if handle.is_null() {
             return false;
         }
         let malloc = libc::dlsym(handle, c"malloc".as_ptr());
-        let mut info: libc::Dl_info = core::mem::zeroed();
         let own = !malloc.is_null()
-            && libc::dladdr(malloc, &mut info) != 0
-            && !info.dli_fname.is_null()
-            && core::ffi::CStr::from_ptr(info.dli_fname) == name;
+            && loader::object_of(malloc).is_some_and(|(_, object)| object.as_c_str() == name);
         libc::dlclose(handle);
         own
     }
