@@ -21,7 +21,7 @@ use crate::capture::{self, Request, Snapshot, describe_marks};
 use crate::cli::GrowthArgs;
 use crate::point::{Point, parse_size};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, PrintedStack, StackJson};
+use crate::report::{self, EntryJson, PrintedStack};
 use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -253,14 +253,16 @@ pub fn run(args: &GrowthArgs, out: &mut dyn Write, err: &mut dyn Write) -> Resul
                             stack_id: r.stack,
                             bytes,
                             count,
-                            growth_bytes,
-                            growth_count,
-                            slope_bytes_per_sec: r.trend.slope,
-                            steadiness: r.trend.steadiness,
-                            rose: r.trend.rose,
-                            score: r.trend.score,
-                            series_bytes: r.series.iter().map(|x| x.0).collect(),
-                            series_count: r.series.iter().map(|x| x.1).collect(),
+                            extra: GrowthExtra {
+                                growth_bytes,
+                                growth_count,
+                                slope_bytes_per_sec: r.trend.slope,
+                                steadiness: r.trend.steadiness,
+                                rose: r.trend.rose,
+                                score: r.trend.score,
+                                series_bytes: r.series.iter().map(|x| x.0).collect(),
+                                series_count: r.series.iter().map(|x| x.1).collect(),
+                            },
                             stack: s.json(),
                         }
                     })
@@ -303,18 +305,13 @@ struct GrowthJson<'a> {
     points: Vec<PointJson>,
     /// Stacks that kept rising (entries holds the first `-n` of them).
     stacks: usize,
-    entries: Vec<EntryJson<'a>>,
+    entries: Vec<EntryJson<'a, GrowthExtra>>,
     warnings: Vec<String>,
 }
 
+/// `growth` entries: `bytes` and `count` are live at the last point; plus the trend.
 #[derive(Serialize)]
-struct EntryJson<'a> {
-    rank: usize,
-    stack_id: u32,
-    /// Live bytes at the last point.
-    bytes: u64,
-    /// Live blocks at the last point.
-    count: u64,
+struct GrowthExtra {
     /// Live bytes at the last point minus at the first.
     growth_bytes: i64,
     growth_count: i64,
@@ -329,8 +326,6 @@ struct EntryJson<'a> {
     /// Live bytes at each point.
     series_bytes: Vec<u64>,
     series_count: Vec<u64>,
-    #[serde(flatten)]
-    stack: StackJson<'a>,
 }
 
 /// `▁▂▅█`: the series scaled to eight levels, at most 24 wide.

@@ -6,7 +6,7 @@ use crate::ExitCode;
 use crate::cli::{LeaksArgs, Measure};
 use crate::render::{self, Align, Format, Table};
 use crate::report::top::{Ranked, rank};
-use crate::report::{self, PrintedStack, StackJson};
+use crate::report::{self, EntryJson, PrintedStack};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -68,32 +68,28 @@ struct LeaksJson<'a> {
     stacks: usize,
     /// Whether the trace has an end record (without one, "leaked" means "live when the trace stops").
     ended: bool,
-    entries: Vec<EntryJson<'a>>,
+    entries: Vec<EntryJson<'a, LeakExtra>>,
     warnings: Vec<String>,
 }
 
+/// `leaks` entries: `bytes` and `count` are what is still live at the end; plus what the stack
+/// allocated over the run.
 #[derive(Serialize)]
-struct EntryJson<'a> {
-    rank: usize,
-    stack_id: u32,
-    /// Bytes of this stack's blocks live at the end.
-    bytes: u64,
-    /// Number of this stack's blocks live at the end.
-    count: u64,
+struct LeakExtra {
     allocated_bytes: u64,
     allocated_count: u64,
-    #[serde(flatten)]
-    stack: StackJson<'a>,
 }
 
-fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a> {
+fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a, LeakExtra> {
     EntryJson {
         rank,
         stack_id: r.stack,
         bytes: r.bytes,
         count: r.count,
-        allocated_bytes: r.stats.alloc_bytes,
-        allocated_count: r.stats.alloc_count,
+        extra: LeakExtra {
+            allocated_bytes: r.stats.alloc_bytes,
+            allocated_count: r.stats.alloc_count,
+        },
         stack: s.json(),
     }
 }

@@ -96,6 +96,26 @@ impl PrintedStack {
     }
 }
 
+/// One entry of a ranked report in JSON: what every report's entries share (rank, stack id, the
+/// bytes and count the report ranks by), the report's own fields (`extra`), then the stack.
+#[derive(Serialize)]
+pub struct EntryJson<'a, X: Serialize> {
+    /// From 1.
+    pub rank: usize,
+    /// The stack's id in the trace.
+    pub stack_id: u32,
+    /// The report's bytes (its measure).
+    pub bytes: u64,
+    /// The report's count (blocks or calls).
+    pub count: u64,
+    /// The report's own fields.
+    #[serde(flatten)]
+    pub extra: X,
+    /// The stack.
+    #[serde(flatten)]
+    pub stack: StackJson<'a>,
+}
+
 /// The stack fields of every report entry in JSON (the contract's `stack`, innermost first, and
 /// why it is short or empty); flattened into each entry.
 #[derive(Serialize)]

@@ -8,7 +8,7 @@ use crate::capture::{self, Live, Request};
 use crate::cli::SnapshotArgs;
 use crate::point::parse_trace_point;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, StackJson};
+use crate::report::{self, EntryJson};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -93,6 +93,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
                         stack_id: l.stack,
                         bytes: l.bytes,
                         count: l.count,
+                        extra: NoExtra {},
                         stack: s.json(),
                     })
                     .collect(),
@@ -118,18 +119,10 @@ struct SnapshotJson<'a> {
     live_count: u64,
     /// Stacks with live blocks (entries holds the first `-n` of them).
     stacks: usize,
-    entries: Vec<EntryJson<'a>>,
+    entries: Vec<EntryJson<'a, NoExtra>>,
     warnings: Vec<String>,
 }
 
+/// `snapshot` entries have no fields of their own: `bytes` and `count` are live at the point.
 #[derive(Serialize)]
-struct EntryJson<'a> {
-    rank: usize,
-    stack_id: u32,
-    /// Bytes of this stack's blocks live at the point.
-    bytes: u64,
-    /// Number of those blocks.
-    count: u64,
-    #[serde(flatten)]
-    stack: StackJson<'a>,
-}
+struct NoExtra {}

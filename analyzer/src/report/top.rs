@@ -6,7 +6,7 @@ use crate::ExitCode;
 use crate::cli::{Measure, TopArgs};
 use crate::heap::{StackStats, StackTable};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, Analysis, PrintedStack, StackJson};
+use crate::report::{self, Analysis, EntryJson, PrintedStack};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -128,18 +128,13 @@ struct TopJson<'a> {
     stacks: usize,
     peak_live_bytes: u64,
     peak_time_ns: u64,
-    entries: Vec<EntryJson<'a>>,
+    entries: Vec<EntryJson<'a, TopExtra>>,
     warnings: Vec<String>,
 }
 
+/// `top` entries: `bytes` and `count` go with the measure ranked by; every measure by name too.
 #[derive(Serialize)]
-struct EntryJson<'a> {
-    rank: usize,
-    stack_id: u32,
-    /// The measure's bytes.
-    bytes: u64,
-    /// The measure's count.
-    count: u64,
+struct TopExtra {
     allocated_bytes: u64,
     allocated_count: u64,
     peak_bytes: u64,
@@ -148,24 +143,24 @@ struct EntryJson<'a> {
     leaked_count: u64,
     temporary_bytes: u64,
     temporary_count: u64,
-    #[serde(flatten)]
-    stack: StackJson<'a>,
 }
 
-fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a> {
+fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a, TopExtra> {
     EntryJson {
         rank,
         stack_id: r.stack,
         bytes: r.bytes,
         count: r.count,
-        allocated_bytes: r.stats.alloc_bytes,
-        allocated_count: r.stats.alloc_count,
-        peak_bytes: r.stats.peak_bytes,
-        peak_count: r.stats.peak_count,
-        leaked_bytes: r.stats.live_bytes,
-        leaked_count: r.stats.live_count,
-        temporary_bytes: r.stats.temporary_bytes,
-        temporary_count: r.stats.temporary_count,
+        extra: TopExtra {
+            allocated_bytes: r.stats.alloc_bytes,
+            allocated_count: r.stats.alloc_count,
+            peak_bytes: r.stats.peak_bytes,
+            peak_count: r.stats.peak_count,
+            leaked_bytes: r.stats.live_bytes,
+            leaked_count: r.stats.live_count,
+            temporary_bytes: r.stats.temporary_bytes,
+            temporary_count: r.stats.temporary_count,
+        },
         stack: s.json(),
     }
 }
