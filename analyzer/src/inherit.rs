@@ -100,6 +100,9 @@ fn time_of(record: &Record) -> Option<u64> {
         | Record::ModuleUnload { time, .. }
         | Record::Mark { time, .. }
         | Record::End { time } => Some(time),
-        Record::Stack { .. } | Record::Module(_) | Record::ThreadName { .. } => None,
+        Record::Stack { .. }
+        | Record::Module(_)
+        | Record::PyCode(_)
+        | Record::ThreadName { .. } => None,
     }
 }

@@ -108,6 +108,7 @@ impl TraceBuilder {
                 Record::Free { time, addr } => encode::encode_free(out, st, *time, *addr),
                 Record::Stack { id, frames } => encode::encode_stack(out, *id, frames),
                 Record::Module(m) => encode::encode_module(out, &encode::module_payload(m)),
+                Record::PyCode(c) => encode::encode_py_code(out, &encode::py_code_payload(c)),
                 Record::ModuleUnload { time, id } => {
                     encode::encode_module_unload(out, st, *time, *id)
                 }

@@ -6,7 +6,8 @@
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::record::{
     AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, Frame, GRANULE, MAX_CHUNK_SIZE, MAX_FRAMES,
-    MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, ModuleInfo, Record, tag,
+    MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, MAX_PY_CODE_RECORD_LEN, ModuleInfo, PyCodeInfo, Record,
+    tag,
 };
 use crate::varint::{read_delta, read_u64, unzigzag};
 
@@ -241,6 +242,16 @@ fn decode_other_record(data: &[u8], p: &mut usize, t: u8, time: &mut u64) -> Opt
             let module: ModuleInfo = bincode_read(data.get(*p..end)?)?;
             *p = end;
             Record::Module(module)
+        }
+        tag::PY_CODE => {
+            let len = usize::try_from(read_u64(data, p)?).ok()?;
+            if len > MAX_PY_CODE_RECORD_LEN {
+                return None;
+            }
+            let end = p.checked_add(len)?;
+            let code: PyCodeInfo = bincode_read(data.get(*p..end)?)?;
+            *p = end;
+            Record::PyCode(code)
         }
         tag::MODULE_UNLOAD => {
             *time = time.wrapping_add(read_u64(data, p)?);

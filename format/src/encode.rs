@@ -8,7 +8,7 @@
 
 use crate::record::{
     AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, FILE_MAGIC, FORMAT_VERSION, Frame, HEADER_SIZE,
-    Header, MAX_FRAMES, MAX_LABEL_LEN, ModuleInfo, tag,
+    Header, MAX_FRAMES, MAX_LABEL_LEN, MAX_PY_CODE_RECORD_LEN, ModuleInfo, PyCodeInfo, tag,
 };
 use crate::varint::{write_delta, write_u64};
 use core::sync::atomic::{Ordering, compiler_fence};
@@ -162,6 +162,32 @@ pub fn encode_module(out: &mut [u8], payload: &[u8]) -> Option<usize> {
 pub fn module_payload(module: &ModuleInfo) -> Vec<u8> {
     // Serializing a plain struct into a Vec cannot fail.
     bincode::serialize(module).unwrap_or_default()
+}
+
+/// Encodes a Python code record (FORMAT.md §4.11) from its bincode payload ([`py_code_payload`]).
+pub fn encode_py_code(out: &mut [u8], payload: &[u8]) -> Option<usize> {
+    let mut pos = 1;
+    write_u64(out, &mut pos, payload.len() as u64)?;
+    let end = pos.checked_add(payload.len())?;
+    out.get_mut(pos..end)?.copy_from_slice(payload);
+    seal(out, tag::PY_CODE, end)
+}
+
+/// The bincode payload of a Python code record; a line table that would make it longer than
+/// [`MAX_PY_CODE_RECORD_LEN`] is left out (lines then read as the first line).
+pub fn py_code_payload(code: &PyCodeInfo) -> Vec<u8> {
+    // Serializing a plain struct into a Vec cannot fail.
+    let payload = bincode::serialize(code).unwrap_or_default();
+    if payload.len() <= MAX_PY_CODE_RECORD_LEN {
+        return payload;
+    }
+    let mut short = code.clone();
+    short.line_table = Vec::new();
+    short.line_table_kind = crate::record::line_table::NONE;
+    short.filename.truncate(4096);
+    short.qualname.truncate(4096);
+    short.name.truncate(4096);
+    bincode::serialize(&short).unwrap_or_default()
 }
 
 /// Encodes a module-unload record (FORMAT.md §4.7).

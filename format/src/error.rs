@@ -29,15 +29,17 @@ pub enum ReadError {
     },
     /// The file is a trace of another format version.
     #[error(
-        "{path} is a memtrace trace of format version {found}; this memtrace-analyze reads format version {supported}"
+        "{path} is a memtrace trace of format version {found}; this memtrace-analyze reads format versions {oldest} to {newest}"
     )]
     UnsupportedVersion {
         /// The file.
         path: String,
         /// Version in the file.
         found: u32,
-        /// Version this reader supports.
-        supported: u32,
+        /// Oldest version this reader reads.
+        oldest: u32,
+        /// Newest version this reader reads (the one it writes).
+        newest: u32,
     },
     /// The header is cut short or does not decode.
     #[error("{path} has a corrupt header: {reason}")]

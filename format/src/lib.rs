@@ -26,7 +26,7 @@ mod error;
 #[cfg(feature = "read")]
 mod reader;
 
-pub use record::{AllocKind, Frame, Header, ModuleInfo, Record, Segment};
+pub use record::{AllocKind, Frame, Header, ModuleInfo, PyCodeInfo, PyFrame, Record, Segment};
 
 #[cfg(feature = "read")]
 pub use error::ReadError;

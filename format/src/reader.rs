@@ -10,7 +10,7 @@ use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
     CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, GRANULE, HEADER_SIZE, Header,
-    HeaderFirstRelease, Record,
+    HeaderFirstRelease, OLDEST_READABLE_VERSION, Record,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -75,6 +75,7 @@ struct ThreadChunks {
 /// An opened trace: its header and its chunk index.
 pub struct Trace {
     bytes: Bytes,
+    version: u32,
     header: Header,
     threads: Vec<ThreadChunks>,
     warnings: Vec<String>,
@@ -124,11 +125,12 @@ impl Trace {
             return Err(ReadError::BadMagic { path });
         }
         let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ReadError::UnsupportedVersion {
                 path,
                 found: version,
-                supported: FORMAT_VERSION,
+                oldest: OLDEST_READABLE_VERSION,
+                newest: FORMAT_VERSION,
             });
         }
         let hlen = u32::from_le_bytes([head[12], head[13], head[14], head[15]]) as usize;
@@ -203,10 +205,16 @@ impl Trace {
         }
         Ok(Trace {
             bytes,
+            version,
             header,
             threads,
             warnings,
         })
+    }
+
+    /// The file's format version, between [`OLDEST_READABLE_VERSION`] and [`FORMAT_VERSION`].
+    pub fn version(&self) -> u32 {
+        self.version
     }
 
     /// The file header.

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 
 /// The first eight bytes of every trace file (FORMAT.md §2).
 pub const FILE_MAGIC: [u8; 8] = *b"MEMTRACE";
-/// The format version this crate writes and reads (FORMAT.md §7).
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this crate writes (FORMAT.md §7).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this crate still reads: every version from it to [`FORMAT_VERSION`].
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the file header region; the first chunk starts here (FORMAT.md §2).
 pub const HEADER_SIZE: usize = 4096;
 /// Chunks start and end on multiples of this (FORMAT.md §3).
@@ -26,6 +28,10 @@ pub const MAX_FRAMES: usize = 1024;
 pub const MAX_LABEL_LEN: usize = 256;
 /// Longest bincode payload of a module record, in bytes.
 pub const MAX_MODULE_RECORD_LEN: usize = 64 * 1024;
+/// Longest bincode payload of a Python code record, in bytes.
+pub const MAX_PY_CODE_RECORD_LEN: usize = 64 * 1024;
+/// The module id that marks a Python frame in a stack record (FORMAT.md §4.5): no module has it.
+pub const PYTHON_MODULE: u32 = u32::MAX;
 
 /// Record tags: the first byte of every record (FORMAT.md §4). Zero is padding: the end of a chunk's data.
 pub mod tag {
@@ -43,6 +49,8 @@ pub mod tag {
     pub const MODULE: u8 = 0x41;
     /// A module unmapped by `dlclose`.
     pub const MODULE_UNLOAD: u8 = 0x42;
+    /// A Python code object that Python frames refer to (version 2).
+    pub const PY_CODE: u8 = 0x43;
     /// A named point in time, from `memtrace_snapshot`.
     pub const MARK: u8 = 0x50;
     /// The thread's OS name (`pthread_setname_np` / `prctl`) as seen by the tracer.
@@ -179,13 +187,75 @@ pub struct ModuleInfo {
     pub build_id: Vec<u8>,
 }
 
-/// One frame of a stack record: a return address, as a module and an offset from its load bias.
+/// One frame of a stack record: a return address, as a module and an offset from its load bias; or,
+/// with the module id [`PYTHON_MODULE`], a Python frame (see [`Frame::python`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frame {
     /// Module id; 0 when no known module held the address (then `offset` is the absolute address).
     pub module: u32,
     /// The address minus the module's load bias (a file address of the module).
     pub offset: u64,
+}
+
+/// A Python frame: the code object it runs and the instruction executing in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PyFrame {
+    /// Id of a [`PyCodeInfo`] record.
+    pub code: u32,
+    /// Byte offset of the executing instruction in the code object's bytecode (`f_lasti` in bytes).
+    pub instruction: u32,
+}
+
+impl Frame {
+    /// The stack-record form of a Python frame: module [`PYTHON_MODULE`], the code id in the high
+    /// 32 bits of the offset and the instruction's byte offset in the low 32 (FORMAT.md §4.5).
+    pub fn python(frame: PyFrame) -> Frame {
+        Frame {
+            module: PYTHON_MODULE,
+            offset: (u64::from(frame.code) << 32) | u64::from(frame.instruction),
+        }
+    }
+
+    /// This frame as a Python frame, if it is one.
+    pub fn as_python(self) -> Option<PyFrame> {
+        (self.module == PYTHON_MODULE).then_some(PyFrame {
+            code: (self.offset >> 32) as u32,
+            instruction: self.offset as u32,
+        })
+    }
+}
+
+/// How a Python code object maps instruction offsets to lines: the interpreter's own table, copied
+/// as is (FORMAT.md §4.11), in one of these layouts.
+pub mod line_table {
+    /// No table: every instruction is on the code's first line.
+    pub const NONE: u8 = 0;
+    /// CPython 3.8 and 3.9 `co_lnotab`: (byte offset increment, signed line increment) pairs.
+    pub const LNOTAB: u8 = 1;
+    /// CPython 3.10 `co_linetable`: (byte length, signed line delta; -128 = no line) pairs.
+    pub const LINETABLE_310: u8 = 2;
+    /// CPython 3.11+ `co_linetable`, the location table of PEP 657 (`Objects/locations.md`).
+    pub const LOCATIONS_311: u8 = 3;
+}
+
+/// A Python code object (FORMAT.md §4.11), bincode-encoded: what is needed to name a Python frame
+/// and, with its line table, to find the line of any instruction offline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PyCodeInfo {
+    /// Id that Python frames refer to; starts at 1, never reused within a trace.
+    pub id: u32,
+    /// `co_name`: the function's name (`<module>` for a module's top level).
+    pub name: String,
+    /// `co_qualname` (3.11+; equal to `name` before): `Class.method`, `outer.<locals>.inner`.
+    pub qualname: String,
+    /// `co_filename`, as the interpreter has it (may be relative, or `<frozen ...>`, `<string>`).
+    pub filename: String,
+    /// `co_firstlineno`.
+    pub first_line: u32,
+    /// Layout of `line_table`, one of the [`line_table`] constants.
+    pub line_table_kind: u8,
+    /// The interpreter's line table, byte for byte (empty when it was too long to record).
+    pub line_table: Vec<u8>,
 }
 
 /// One decoded record of a thread's stream (FORMAT.md §4). Times are nanoseconds since the trace start.
@@ -233,6 +303,8 @@ pub enum Record {
     },
     /// A module was found mapped.
     Module(ModuleInfo),
+    /// A Python code object that frames refer to (version 2).
+    PyCode(PyCodeInfo),
     /// Module `id` was unmapped.
     ModuleUnload {
         /// Time it was noticed.

@@ -1,12 +1,28 @@
 //! The compatibility contract: a fixed trace encoded by this crate must equal the checked-in bytes of
-//! `tests/data/v1-basic.bin`, and those bytes must decode to the same records. Set
+//! `tests/data/v2-basic.bin`, and those bytes must decode to the same records. Set
 //! `MEMTRACE_BLESS=1` to rewrite the file after a deliberate format change (which also needs a version
-//! bump, FORMAT.md §7, unless it only appends a header field). Traces of earlier writers of the same
-//! version stay readable: `tests/data/v1-first-release.bin` is the same trace as the first release
-//! wrote it, before `fork_time_ns` was appended to the header.
+//! bump, FORMAT.md §7, unless it only appends a header field). Traces of earlier versions and earlier
+//! writers stay readable: `tests/data/v1-basic.bin` is the same trace (without its Python records) as
+//! version 1 wrote it, and `tests/data/v1-first-release.bin` as the first release wrote it, before
+//! `fork_time_ns` was appended to the header.
 
 use memtrace_format::builder::TraceBuilder;
-use memtrace_format::{AllocKind, Frame, Header, ModuleInfo, Record, Segment, Trace};
+use memtrace_format::record::line_table;
+use memtrace_format::{
+    AllocKind, Frame, Header, ModuleInfo, PyCodeInfo, PyFrame, Record, Segment, Trace,
+};
+
+/// The golden trace's records as version 1 has them: no Python records.
+fn records_v1() -> Vec<(u32, Record)> {
+    records()
+        .into_iter()
+        .filter(|(_, r)| match r {
+            Record::PyCode(_) => false,
+            Record::Stack { id, .. } => *id != 2,
+            _ => true,
+        })
+        .collect()
+}
 
 fn records() -> Vec<(u32, Record)> {
     vec![
@@ -36,6 +52,38 @@ fn records() -> Vec<(u32, Record)> {
                     Frame {
                         module: 0,
                         offset: 0x7fff_0000,
+                    },
+                ],
+            },
+        ),
+        (
+            2,
+            Record::PyCode(PyCodeInfo {
+                id: 1,
+                name: "load".into(),
+                qualname: "Loader.load".into(),
+                filename: "app.py".into(),
+                first_line: 40,
+                line_table_kind: line_table::LOCATIONS_311,
+                line_table: vec![0x80, 0x00, 0xd8, 0x04, 0x05],
+            }),
+        ),
+        (
+            2,
+            Record::Stack {
+                id: 2,
+                frames: vec![
+                    Frame {
+                        module: 1,
+                        offset: 0x1234,
+                    },
+                    Frame::python(PyFrame {
+                        code: 1,
+                        instruction: 6,
+                    }),
+                    Frame {
+                        module: 1,
+                        offset: 0x1800,
                     },
                 ],
             },
@@ -109,31 +157,65 @@ fn header() -> Header {
 }
 
 #[test]
-fn v1_basic_matches_checked_in_bytes() {
+fn v2_basic_matches_checked_in_bytes() {
     let mut b = TraceBuilder::new(&header());
     for (thread, r) in records() {
         b.push(thread, &r);
     }
     let bytes = b.finish();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-basic.bin");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v2-basic.bin");
     if std::env::var_os("MEMTRACE_BLESS").is_some() {
         std::fs::write(&path, &bytes).unwrap();
     }
     let golden =
-        std::fs::read(&path).expect("tests/data/v1-basic.bin (MEMTRACE_BLESS=1 creates it)");
+        std::fs::read(&path).expect("tests/data/v2-basic.bin (MEMTRACE_BLESS=1 creates it)");
     assert!(
         bytes == golden,
         "the encoding changed: if deliberate, bump FORMAT_VERSION and re-bless with MEMTRACE_BLESS=1"
     );
-    let trace = Trace::from_bytes(golden, "v1-basic.bin").unwrap();
+    let trace = Trace::from_bytes(golden, "v2-basic.bin").unwrap();
+    assert_eq!(trace.version(), 2);
     assert_eq!(trace.header(), &header());
+    assert_same_records(&trace, &records());
+}
+
+#[test]
+fn a_version_1_trace_still_reads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v1-basic.bin");
+    let trace = Trace::from_bytes(std::fs::read(&path).unwrap(), "v1-basic.bin").unwrap();
+    assert_eq!(trace.version(), 1);
+    assert_eq!(trace.header(), &header());
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
+    assert_same_records(&trace, &records_v1());
+}
+
+#[test]
+fn python_frames_round_trip_through_the_frame_form() {
+    let py = PyFrame {
+        code: 0xffff_fffe,
+        instruction: 0x1234_5678,
+    };
+    let f = Frame::python(py);
+    assert_eq!(f.as_python(), Some(py));
+    assert_eq!(
+        Frame {
+            module: 3,
+            offset: 9
+        }
+        .as_python(),
+        None
+    );
+}
+
+/// The trace's records equal `want`, thread by thread.
+fn assert_same_records(trace: &Trace, want: &[(u32, Record)]) {
     let got: Vec<(u32, Record)> = trace.records().map(|r| (r.thread, r.record)).collect();
     // Merged by time: untimed records take their thread's time, so compare per thread.
     for t in [1, 2] {
-        let want: Vec<Record> = records()
-            .into_iter()
+        let want: Vec<Record> = want
+            .iter()
             .filter(|(th, _)| *th == t)
-            .map(|(_, r)| r)
+            .map(|(_, r)| r.clone())
             .collect();
         let have: Vec<Record> = got
             .iter()
@@ -156,6 +238,6 @@ fn a_first_release_trace_still_reads() {
     };
     assert_eq!(trace.header(), &want);
     let got: Vec<Record> = trace.records().map(|r| r.record).collect();
-    assert_eq!(got.len(), records().len());
+    assert_eq!(got.len(), records_v1().len());
     assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
 }

@@ -163,13 +163,14 @@ fn other_versions_are_refused_naming_both() {
         err,
         ReadError::UnsupportedVersion {
             found: 9,
-            supported: 1,
+            oldest: 1,
+            newest: 2,
             ..
         }
     ));
     let msg = err.to_string();
     assert!(
-        msg.contains("version 9") && msg.contains("version 1"),
+        msg.contains("version 9") && msg.contains("versions 1 to 2"),
         "{msg}"
     );
 }

@@ -19,7 +19,7 @@ pub fn run(args: &DumpArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
 
 /// Writes the header line and every record of `trace`, then the stream's warnings to `err`.
 pub fn write_dump(trace: &Trace, out: &mut dyn Write, err: &mut dyn Write) -> Result<()> {
-    writeln!(out, "{}", header_line(trace.header()))?;
+    writeln!(out, "{}", header_line(trace.version(), trace.header()))?;
     for t in trace.threads() {
         writeln!(out, "thread index={} tid={}", t.thread, t.tid)?;
     }
@@ -32,10 +32,10 @@ pub fn write_dump(trace: &Trace, out: &mut dyn Write, err: &mut dyn Write) -> Re
 }
 
 /// The header as one line.
-pub fn header_line(h: &Header) -> String {
+pub fn header_line(version: u32, h: &Header) -> String {
     format!(
         "header version={} pid={} ppid={} executable={:?} cmdline={:?} start_unix_ns={} parent_trace={} tool_version={:?}",
-        memtrace_format::record::FORMAT_VERSION,
+        version,
         h.pid,
         h.ppid,
         h.executable,
@@ -78,7 +78,10 @@ pub fn record_line(r: &ThreadRecord) -> String {
         Record::Stack { id, frames } => {
             let frames: Vec<String> = frames
                 .iter()
-                .map(|f| format!("{}:{}", f.module, hex(f.offset)))
+                .map(|f| match f.as_python() {
+                    Some(py) => format!("py:{}@{}", py.code, py.instruction),
+                    None => format!("{}:{}", f.module, hex(f.offset)),
+                })
                 .collect();
             format!(
                 "stack thread={thread} id={id} frames=[{}]",
@@ -110,6 +113,16 @@ pub fn record_line(r: &ThreadRecord) -> String {
                 segments.join(" ")
             )
         }
+        Record::PyCode(c) => format!(
+            "py_code thread={thread} id={} name={:?} qualname={:?} file={:?} first_line={} line_table={}:{}",
+            c.id,
+            c.name,
+            c.qualname,
+            c.filename,
+            c.first_line,
+            c.line_table_kind,
+            hex_bytes(&c.line_table)
+        ),
         Record::ModuleUnload { time, id } => {
             format!("module_unload t={time} thread={thread} id={id}")
         }
