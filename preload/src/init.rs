@@ -8,7 +8,7 @@
 
 use crate::config::{self, Config};
 use crate::sink::SINK;
-use crate::{clock, guard, modules, real, record, signal, stacks, thread};
+use crate::{clock, guard, modules, python, real, record, signal, stacks, thread};
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use memtrace_format::Header;
 use memtrace_format::encode::encode_file_header;
@@ -88,6 +88,13 @@ fn say(msg: &str) {
     write_stderr(&format!("memtrace: {msg}\n"));
 }
 
+/// One line on stderr about a limit of this run (tracing goes on), unless the process is exiting.
+pub fn note(msg: &str) {
+    if !EXITING.load(Ordering::Relaxed) {
+        write_stderr(&format!("memtrace: {msg}\n"));
+    }
+}
+
 fn write_stderr(line: &str) {
     // SAFETY: writes a valid buffer to fd 2; a closed or redirected fd just makes write fail.
     unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
@@ -161,6 +168,11 @@ fn start() {
     );
     let output = config.output.clone();
     let quiet = config.quiet;
+    python::start(
+        getenv(c"MEMTRACE_PYTHON").as_deref(),
+        getenv(c"MEMTRACE_PYTHONMALLOC").as_deref(),
+        &cmdline,
+    );
     let parent_trace = exec_parent_trace(&config);
     let _ = CONFIG.set(config);
     clock::start();
@@ -325,15 +337,18 @@ extern "C" fn before_fork() {
     FORK_TIME.store(clock::now(), Ordering::Relaxed);
     modules::before_fork();
     stacks::before_fork();
+    python::before_fork();
 }
 
 extern "C" fn after_fork_parent() {
+    python::after_fork(false);
     stacks::after_fork(false);
     modules::after_fork();
     guard::release();
 }
 
 extern "C" fn after_fork_child() {
+    python::after_fork(true);
     stacks::after_fork(true);
     modules::after_fork();
     PID.store(std::process::id(), Ordering::Relaxed);

@@ -13,7 +13,7 @@
 //!   file growth.
 //! - `unsafe` stays at the edges: `hooks.rs` (exports), `real.rs` (glibc), `sink.rs` (mmap),
 //!   `modules.rs` (loader), `stacks.rs` (registers, stack reads), `thread.rs` (TLS), `spin.rs`,
-//!   `signal.rs` (sigaction).
+//!   `signal.rs` (sigaction), `python/` (reading the interpreter's frames and objects).
 //!
 //! The hot path, top to bottom: `hooks::malloc` → `record::alloc` → `stacks::capture` +
 //! `stacks::intern` → `writer::ChunkWriter::write` → the mapped file.
@@ -30,6 +30,7 @@ mod init;
 mod loader;
 mod modules;
 mod plt;
+mod python;
 mod real;
 mod record;
 mod signal;

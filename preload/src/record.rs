@@ -7,10 +7,10 @@
 use crate::modules::{self, ModuleMap};
 use crate::thread::{self, ThreadState};
 use crate::writer::{ChunkWriter, WriteError};
-use crate::{clock, init, stacks};
+use crate::{clock, init, python, stacks};
 use memtrace_format::encode::{
     encode_alloc, encode_end, encode_free, encode_mark, encode_module, encode_module_unload,
-    encode_realloc, encode_stack, module_payload,
+    encode_py_code, encode_realloc, encode_stack, module_payload, py_code_payload,
 };
 use memtrace_format::{AllocKind, Frame};
 
@@ -116,10 +116,37 @@ fn stack_id(ts: &mut ThreadState, w: &mut ChunkWriter) -> u32 {
         return 0;
     };
     stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-    let hash = ts.frames.hash();
+    let hash = with_python_frames(ts);
     match ts.stacks.get(hash) {
         Some(id) => id,
         None => new_stack(ts, w, map, hash),
+    }
+}
+
+/// The hash of the stack just captured, with the thread's Python frames walked into `ts.python`.
+#[inline(always)]
+fn with_python_frames(ts: &mut ThreadState) -> u64 {
+    let native = ts.frames.hash();
+    match python::interp() {
+        Some(interp) => match python::frames::capture(interp, &mut ts.python) {
+            0 => native,
+            py => stacks::with_python(native, py),
+        },
+        None => {
+            if python::check_pending() {
+                self_check(ts);
+            }
+            native
+        }
+    }
+}
+
+/// Runs the Python layout's self-check on this thread's frames, if no other thread is.
+#[cold]
+#[inline(never)]
+fn self_check(ts: &mut ThreadState) {
+    if let Some(interp) = python::claim_check() {
+        python::finish_check(python::frames::check(interp, &mut ts.python));
     }
 }
 
@@ -141,27 +168,54 @@ fn new_stack(
             }
             ts.frames.clear();
             stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
-            hash = ts.frames.hash();
+            hash = with_python_frames(ts);
         }
     }
     let (id, new) = stacks::intern(&mut ts.stacks, hash);
     if new {
-        let frames: Vec<Frame> = ts
+        let native: Vec<(u64, Frame)> = ts
             .frames
             .outermost_first()
             .iter()
             .rev()
             .map(|&a| match map.resolve(a) {
-                Some((module, offset)) => Frame { module, offset },
-                None => Frame {
-                    module: 0,
-                    offset: a,
-                },
+                Some((module, offset)) => (a, Frame { module, offset }),
+                None => (
+                    a,
+                    Frame {
+                        module: 0,
+                        offset: a,
+                    },
+                ),
             })
             .collect();
+        let frames = match python::interp() {
+            Some(interp) if !ts.python.frames().is_empty() => {
+                let codes = code_ids(interp, ts, w);
+                python::frames::splice(interp, &native, ts.python.frames(), &codes)
+            }
+            _ => native.into_iter().map(|(_, f)| f).collect(),
+        };
         check(w.write(w.last_time, |buf, _| encode_stack(buf, id, &frames)));
     }
     id
+}
+
+/// The ids of the code objects of the thread's Python frames, writing a PyCode record for each one
+/// new to the trace.
+fn code_ids(interp: &python::Interp, ts: &ThreadState, w: &mut ChunkWriter) -> Vec<u32> {
+    ts.python
+        .frames()
+        .iter()
+        .map(|f| {
+            let (id, new) = python::code::id(f.code, f.table);
+            if new {
+                let payload = py_code_payload(&python::code::read(interp, f.code, id));
+                check(w.write(w.last_time, |buf, _| encode_py_code(buf, &payload)));
+            }
+            id
+        })
+        .collect()
 }
 
 fn has_unknown_frame(map: &ModuleMap, frames: &[u64]) -> bool {

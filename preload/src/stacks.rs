@@ -223,8 +223,9 @@ impl Frames {
     }
 }
 
+/// One step of the running stack hash.
 #[inline]
-fn hash_step(h: u64, ret: u64) -> u64 {
+pub fn hash_step(h: u64, ret: u64) -> u64 {
     (h.rotate_left(5) ^ ret).wrapping_mul(0x517c_c1b7_2722_0a95)
 }
 
@@ -239,6 +240,13 @@ fn finish_hash(mut h: u64, len: usize) -> u64 {
     h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
     h ^= h >> 33;
     h.max(1)
+}
+
+/// The hash of a native stack (`native`, from [`Frames::hash`]) with Python frames (`python`, never
+/// 0 when there are any).
+#[inline]
+pub fn with_python(native: u64, python: u64) -> u64 {
+    finish_hash(native ^ python.rotate_left(29), 1)
 }
 
 /// The hash of a stack given outermost first, as [`Frames::hash`] computes it.

@@ -6,6 +6,7 @@
 //!   the thread's first traced call and freed by a pthread key destructor when the thread exits
 //!   (glibc runs those without allocating).
 
+use crate::python::frames::PyFrames;
 use crate::stacks::{Frames, StackCache, UnwindCaches};
 use crate::writer::ChunkWriter;
 use core::cell::{Cell, UnsafeCell};
@@ -19,6 +20,8 @@ pub struct ThreadState {
     pub stacks: StackCache,
     /// The last captured stack, the unwinding memo.
     pub frames: Frames,
+    /// The Python frames of the last capture (none outside CPython).
+    pub python: PyFrames,
     /// The thread's stack, `[lo, hi)`: the unwinder reads nothing outside it.
     pub stack_hi: u64,
     /// The sink epoch this state was last used with.
@@ -117,6 +120,7 @@ fn create(max_frames: usize) -> *mut ThreadState {
         unwind_cache: UnwindCaches::new(),
         stacks: StackCache::new(),
         frames: Frames::new(max_frames),
+        python: PyFrames::new(),
         stack_hi: stack_top(),
         epoch: crate::sink::SINK.epoch(),
     });

@@ -57,11 +57,18 @@ fn check_python(python: &str) {
         100_000,
         true,
     );
-    // With pymalloc, small objects live in its arenas; large ones and the interpreter's own
-    // buffers still come from malloc.
+    // Left alone, the preload sets PYTHONMALLOC=malloc itself: the same hundreds of thousands.
     check(
         &workload(python),
-        &format!("{python} workload.py (pymalloc)"),
+        &format!("{python} workload.py (PYTHONMALLOC set by the preload)"),
+        100_000,
+        true,
+    );
+    // With pymalloc kept (MEMTRACE_PYTHONMALLOC=keep), small objects live in its arenas; large
+    // ones and the interpreter's own buffers still come from malloc.
+    check(
+        &workload(python).env("MEMTRACE_PYTHONMALLOC", "keep"),
+        &format!("{python} workload.py (pymalloc kept)"),
         2_000,
         true,
     );
