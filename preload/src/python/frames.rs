@@ -207,9 +207,11 @@ fn walk(
     // Hashed once the walk is done: a shim frame marks the frame before it as an entry.
     let mut hash = 0u64;
     for f in out.frames() {
-        hash = crate::stacks::hash_step(hash, f.code);
-        hash = crate::stacks::hash_step(hash, f.table);
-        hash = crate::stacks::hash_step(hash, u64::from(f.instruction) | u64::from(f.entry) << 32);
+        // One multiply per frame: code and table addresses are 8-aligned heap pointers (their
+        // low bits carry nothing), the instruction offset is below 2^32.
+        let word =
+            f.code ^ f.table.rotate_left(32) ^ u64::from(f.instruction) << 1 ^ u64::from(f.entry);
+        hash = crate::stacks::hash_step(hash, word);
     }
     Some(if out.len == 0 { 0 } else { hash.max(1) })
 }
