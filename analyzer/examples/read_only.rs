@@ -31,8 +31,9 @@ fn decode_all(bytes: &[u8]) -> usize {
         let end = (off + h.len as usize).min(bytes.len());
         let data = &bytes[off..end];
         let mut st = ChunkState::new(h.base_time);
+        let mut stack = Vec::new();
         let mut pos = CHUNK_HEADER_SIZE;
-        while let Decoded::Record(r, next) = decode_record(data, pos, &mut st) {
+        while let Decoded::Record(r, next) = decode_record(data, pos, &mut st, &mut stack) {
             std::hint::black_box(&r);
             n += 1;
             pos = next;

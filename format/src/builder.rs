@@ -14,6 +14,8 @@ struct OpenChunk {
     buf: Vec<u8>,
     used: usize,
     st: ChunkState,
+    /// The last stack defined in this chunk (the base of a shared stack).
+    last_stack: Vec<Frame>,
 }
 
 /// An in-memory trace writer. Records are appended per thread; [`TraceBuilder::finish`] returns the
@@ -76,6 +78,7 @@ impl TraceBuilder {
                 buf,
                 used: CHUNK_HEADER_SIZE,
                 st: ChunkState::new(base_time),
+                last_stack: Vec::new(),
             },
         );
     }
@@ -106,7 +109,14 @@ impl TraceBuilder {
                     new,
                 } => encode::encode_realloc(out, st, *time, *stack, *size, *old, *new),
                 Record::Free { time, addr } => encode::encode_free(out, st, *time, *addr),
-                Record::Stack { id, frames } => encode::encode_stack(out, *id, frames),
+                Record::Stack { id, frames } => {
+                    let n = encode::encode_stack(out, st, *id, frames, &c.last_stack);
+                    if n.is_some() {
+                        c.last_stack =
+                            frames[..frames.len().min(crate::record::MAX_FRAMES)].to_vec();
+                    }
+                    n
+                }
                 Record::Module(m) => encode::encode_module(out, &encode::module_payload(m)),
                 Record::PyCode(c) => encode::encode_py_code(out, &encode::py_code_payload(c)),
                 Record::ModuleUnload { time, id } => {

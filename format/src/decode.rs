@@ -73,11 +73,17 @@ fn read_u32(data: &[u8], pos: &mut usize) -> Option<u32> {
     u32::try_from(read_u64(data, pos)?).ok()
 }
 
-/// Decodes the record at `data[pos..]`, where `data` is a chunk's bytes (header included) and `st`
-/// its delta state, which is advanced on success.
+/// Decodes the record at `data[pos..]`, where `data` is a chunk's bytes (header included), `st` its
+/// delta state and `stack` the frames of the last stack defined in the chunk so far (empty at its
+/// start), both advanced on success.
 #[inline]
-pub fn decode_record(data: &[u8], pos: usize, st: &mut ChunkState) -> Decoded {
-    match decode_step(data, pos, st) {
+pub fn decode_record(
+    data: &[u8],
+    pos: usize,
+    st: &mut ChunkState,
+    stack: &mut Vec<Frame>,
+) -> Decoded {
+    match decode_step(data, pos, st, stack) {
         Step::Event(e, next) => Decoded::Record(e.record(st), next),
         Step::Other(r, next) => Decoded::Record(*r, next),
         Step::End => Decoded::End,
@@ -141,7 +147,12 @@ pub(crate) enum Step {
 
 /// [`decode_record`], as a [`Step`].
 #[inline(always)]
-pub(crate) fn decode_step(data: &[u8], pos: usize, st: &mut ChunkState) -> Step {
+pub(crate) fn decode_step(
+    data: &[u8],
+    pos: usize,
+    st: &mut ChunkState,
+    stack: &mut Vec<Frame>,
+) -> Step {
     let Some(&t) = data.get(pos) else {
         return Step::End;
     };
@@ -157,7 +168,7 @@ pub(crate) fn decode_step(data: &[u8], pos: usize, st: &mut ChunkState) -> Step 
             *st = next;
             Step::Event(e, p)
         }
-        None => decode_other(data, pos + 1, t, st),
+        None => decode_other(data, pos + 1, t, st, stack),
     }
 }
 
@@ -198,9 +209,15 @@ fn decode_event(data: &[u8], p: &mut usize, t: u8, next: &mut ChunkState) -> Opt
 /// that does not decode: out of line, off the hot path.
 #[cold]
 #[inline(never)]
-fn decode_other(data: &[u8], mut p: usize, t: u8, st: &mut ChunkState) -> Step {
+fn decode_other(
+    data: &[u8],
+    mut p: usize,
+    t: u8,
+    st: &mut ChunkState,
+    stack: &mut Vec<Frame>,
+) -> Step {
     let mut time = st.time;
-    match decode_other_record(data, &mut p, t, &mut time) {
+    match decode_other_record(data, &mut p, t, &mut time, stack) {
         Some(r) => {
             st.time = time;
             Step::Other(Box::new(r), p)
@@ -209,19 +226,33 @@ fn decode_other(data: &[u8], mut p: usize, t: u8, st: &mut ChunkState) -> Step {
     }
 }
 
-fn decode_other_record(data: &[u8], p: &mut usize, t: u8, time: &mut u64) -> Option<Record> {
+fn decode_other_record(
+    data: &[u8],
+    p: &mut usize,
+    t: u8,
+    time: &mut u64,
+    stack: &mut Vec<Frame>,
+) -> Option<Record> {
     if matches!(t, tag::FREE | tag::REALLOC) || (tag::ALLOC..tag::ALLOC + 7).contains(&t) {
         // A heap event that did not decode.
         return None;
     }
     Some(match t {
-        tag::STACK => {
+        tag::STACK | tag::STACK_SHARED => {
             let id = read_u32(data, p)?;
-            let n = usize::try_from(read_u64(data, p)?).ok()?;
-            if n > MAX_FRAMES {
+            let shared = if t == tag::STACK_SHARED {
+                usize::try_from(read_u64(data, p)?).ok()?
+            } else {
+                0
+            };
+            if shared > stack.len() {
                 return None;
             }
-            let mut frames = Vec::with_capacity(n);
+            let n = usize::try_from(read_u64(data, p)?).ok()?;
+            if n > MAX_FRAMES || n + shared > MAX_FRAMES {
+                return None;
+            }
+            let mut frames = Vec::with_capacity(n + shared);
             let mut module = 0i64;
             for _ in 0..n {
                 module = module.checked_add(unzigzag(read_u64(data, p)?))?;
@@ -231,6 +262,8 @@ fn decode_other_record(data: &[u8], p: &mut usize, t: u8, time: &mut u64) -> Opt
                     offset,
                 });
             }
+            frames.extend_from_slice(&stack[stack.len() - shared..]);
+            stack.clone_from(&frames);
             Record::Stack { id, frames }
         }
         tag::MODULE => {

@@ -13,13 +13,16 @@ use crate::record::{
 use crate::varint::{write_delta, write_u64};
 use core::sync::atomic::{Ordering, compiler_fence};
 
-/// The delta bases of one chunk: the previous record's time and address (FORMAT.md §4.1).
+/// The delta bases of one chunk: the previous record's time and address (FORMAT.md §4.1), and
+/// whether a stack has been defined in it (the base of a shared-stack record, §4.12).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkState {
     /// Time of the previous timed record, or the chunk's base time.
     pub time: u64,
     /// Address of the previous address-bearing record, or 0.
     pub addr: u64,
+    /// A stack record is in the chunk: the next stack may be written as shared with it.
+    pub has_stack: bool,
 }
 
 impl ChunkState {
@@ -28,6 +31,7 @@ impl ChunkState {
         ChunkState {
             time: base_time,
             addr: 0,
+            has_stack: false,
         }
     }
 }
@@ -129,14 +133,42 @@ pub fn encode_free(out: &mut [u8], st: &mut ChunkState, time: u64, addr: u64) ->
     Some(n)
 }
 
-/// Encodes a stack definition (FORMAT.md §4.5). Frames past [`MAX_FRAMES`] are dropped.
-pub fn encode_stack(out: &mut [u8], id: u32, frames: &[Frame]) -> Option<usize> {
+/// Fewest outer frames a stack must share with the chunk's previous one to be written as a shared
+/// stack (§4.12) rather than in full.
+const MIN_SHARED_FRAMES: usize = 2;
+
+/// Encodes a stack definition: in full (FORMAT.md §4.5), or, when it shares at least two outer
+/// frames with `prev`, the previous stack defined in this chunk, as a shared stack (§4.12). Frames
+/// past [`MAX_FRAMES`] are dropped; the caller keeps `frames[..MAX_FRAMES]` as the next `prev`.
+pub fn encode_stack(
+    out: &mut [u8],
+    st: &mut ChunkState,
+    id: u32,
+    frames: &[Frame],
+    prev: &[Frame],
+) -> Option<usize> {
     let frames = &frames[..frames.len().min(MAX_FRAMES)];
+    let shared = if st.has_stack {
+        frames
+            .iter()
+            .rev()
+            .zip(prev.iter().rev())
+            .take_while(|(a, b)| a == b)
+            .count()
+    } else {
+        0
+    };
     let mut pos = 1;
     write_u64(out, &mut pos, u64::from(id))?;
-    write_u64(out, &mut pos, frames.len() as u64)?;
+    let (record_tag, own) = if shared >= MIN_SHARED_FRAMES {
+        write_u64(out, &mut pos, shared as u64)?;
+        (tag::STACK_SHARED, &frames[..frames.len() - shared])
+    } else {
+        (tag::STACK, frames)
+    };
+    write_u64(out, &mut pos, own.len() as u64)?;
     let mut prev_module = 0u32;
-    for f in frames {
+    for f in own {
         // Module ids repeat from frame to frame: a zigzag delta keeps them to one byte.
         write_u64(
             out,
@@ -146,7 +178,9 @@ pub fn encode_stack(out: &mut [u8], id: u32, frames: &[Frame]) -> Option<usize> 
         write_u64(out, &mut pos, f.offset)?;
         prev_module = f.module;
     }
-    seal(out, tag::STACK, pos)
+    let n = seal(out, record_tag, pos)?;
+    st.has_stack = true;
+    Some(n)
 }
 
 /// Encodes a module record (FORMAT.md §4.6) from its bincode payload ([`module_payload`]).

@@ -9,7 +9,7 @@ use crate::decode::{Event, Step, bincode_read, decode_chunk_header, decode_step}
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
-    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, GRANULE, HEADER_SIZE, Header,
+    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, Frame, GRANULE, HEADER_SIZE, Header,
     HeaderFirstRelease, OLDEST_READABLE_VERSION, Record,
 };
 use std::cmp::Reverse;
@@ -262,6 +262,7 @@ impl Trace {
                     chunk: 0,
                     pos: CHUNK_HEADER_SIZE,
                     st: ChunkState::default(),
+                    stack: Vec::new(),
                     data: Vec::new(),
                     loaded: false,
                     pending: None,
@@ -297,6 +298,7 @@ impl Trace {
                 chunk: 0,
                 pos: CHUNK_HEADER_SIZE,
                 st: ChunkState::default(),
+                stack: Vec::new(),
                 data: Vec::new(),
                 loaded: false,
                 pending: None,
@@ -320,6 +322,8 @@ struct Cursor<'a> {
     chunk: usize,
     pos: usize,
     st: ChunkState,
+    /// The last stack defined in the current chunk (the base of a shared stack).
+    stack: Vec<Frame>,
     /// The current chunk's bytes.
     data: Vec<u8>,
     loaded: bool,
@@ -351,7 +355,7 @@ impl Cursor<'_> {
     #[inline(always)]
     fn step(&mut self, bytes: &Bytes, warnings: &mut Vec<String>) -> Option<Next> {
         if self.loaded {
-            match decode_step(&self.data, self.pos, &mut self.st) {
+            match decode_step(&self.data, self.pos, &mut self.st, &mut self.stack) {
                 Step::Event(e, next) => {
                     self.pos = next;
                     return Some(Next::Event(e));
@@ -377,10 +381,11 @@ impl Cursor<'_> {
             if !self.loaded {
                 bytes.read_at(c.offset, &mut self.data, c.len);
                 self.st = ChunkState::new(c.header.base_time);
+                self.stack.clear();
                 self.pos = CHUNK_HEADER_SIZE;
                 self.loaded = true;
             }
-            match decode_step(&self.data, self.pos, &mut self.st) {
+            match decode_step(&self.data, self.pos, &mut self.st, &mut self.stack) {
                 Step::Event(e, next) => {
                     self.pos = next;
                     return Some(Next::Event(e));

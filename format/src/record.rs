@@ -51,6 +51,8 @@ pub mod tag {
     pub const MODULE_UNLOAD: u8 = 0x42;
     /// A Python code object that Python frames refer to (version 2).
     pub const PY_CODE: u8 = 0x43;
+    /// A stack definition that shares its outer frames with the chunk's previous one (version 2).
+    pub const STACK_SHARED: u8 = 0x44;
     /// A named point in time, from `memtrace_snapshot`.
     pub const MARK: u8 = 0x50;
     /// The thread's OS name (`pthread_setname_np` / `prctl`) as seen by the tracer.

@@ -12,13 +12,14 @@ use memtrace_format::{
     AllocKind, Frame, Header, ModuleInfo, PyCodeInfo, PyFrame, Record, Segment, Trace,
 };
 
-/// The golden trace's records as version 1 has them: no Python records.
+/// The golden trace's records as version 1 has them: no Python records, no shared stack (stack 3
+/// is written as sharing its outer frames with stack 1).
 fn records_v1() -> Vec<(u32, Record)> {
     records()
         .into_iter()
         .filter(|(_, r)| match r {
             Record::PyCode(_) => false,
-            Record::Stack { id, .. } => *id != 2,
+            Record::Stack { id, .. } => *id == 1,
             _ => true,
         })
         .collect()
@@ -84,6 +85,26 @@ fn records() -> Vec<(u32, Record)> {
                     Frame {
                         module: 1,
                         offset: 0x1800,
+                    },
+                ],
+            },
+        ),
+        (
+            1,
+            Record::Stack {
+                id: 3,
+                frames: vec![
+                    Frame {
+                        module: 1,
+                        offset: 0x1999,
+                    },
+                    Frame {
+                        module: 1,
+                        offset: 0x1234,
+                    },
+                    Frame {
+                        module: 0,
+                        offset: 0x7fff_0000,
                     },
                 ],
             },

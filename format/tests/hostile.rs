@@ -71,10 +71,11 @@ proptest! {
         time: u64,
         addr: u64,
     ) {
-        let mut st = ChunkState { time, addr };
+        let mut st = ChunkState { time, addr, has_stack: false };
+        let mut stack = Vec::new();
         let mut pos = start;
         let mut steps = 0;
-        while let Decoded::Record(_, next) = decode_record(&data, pos, &mut st) {
+        while let Decoded::Record(_, next) = decode_record(&data, pos, &mut st, &mut stack) {
             prop_assert!(next > pos, "no progress at {pos}");
             prop_assert!(next <= data.len(), "{next} past the end {}", data.len());
             pos = next;

@@ -57,6 +57,97 @@ proptest! {
     }
 }
 
+/// Stacks made of a few inner frames on one of three long outer parts, as real stacks are: most
+/// are written as shared with the previous one (FORMAT.md §4.12), across chunk boundaries too.
+fn arb_shared_stacks() -> impl Strategy<Value = Vec<Record>> {
+    let tails: Vec<Vec<Frame>> = (0..3u64)
+        .map(|t| {
+            (0..20 + t * 5)
+                .map(|i| Frame {
+                    module: (i % 3) as u32 + 1,
+                    offset: 0x1000 + i * 0x10 + t,
+                })
+                .collect()
+        })
+        .collect();
+    prop::collection::vec(
+        (
+            0usize..3,
+            prop::collection::vec((0u32..5, 0u64..4096), 0..6),
+            0usize..25,
+        ),
+        1..300,
+    )
+    .prop_map(move |stacks| {
+        stacks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (tail, inner, cut))| {
+                let tail = &tails[tail];
+                let mut frames: Vec<Frame> = inner
+                    .into_iter()
+                    .map(|(module, offset)| Frame { module, offset })
+                    .collect();
+                frames.extend_from_slice(&tail[cut.min(tail.len())..]);
+                Record::Stack {
+                    id: i as u32 + 1,
+                    frames,
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #[test]
+    fn shared_stacks_round_trip(stacks in arb_shared_stacks()) {
+        let mut b = TraceBuilder::new(&TraceBuilder::test_header());
+        for r in &stacks {
+            b.push(1, r);
+        }
+        let bytes = b.finish();
+        let trace = Trace::from_bytes(bytes, "t").unwrap();
+        let got: Vec<Record> = trace.records().map(|r| r.record).collect();
+        prop_assert_eq!(got, stacks);
+        prop_assert!(trace.warnings().is_empty());
+    }
+}
+
+#[test]
+fn shared_stacks_are_smaller() {
+    let outer: Vec<Frame> = (0..40)
+        .map(|i| Frame {
+            module: 1,
+            offset: 0x4000 + i * 0x40,
+        })
+        .collect();
+    let mut b = TraceBuilder::new(&TraceBuilder::test_header());
+    for id in 1..=50u64 {
+        let mut frames = vec![Frame {
+            module: 2,
+            offset: id,
+        }];
+        frames.extend_from_slice(&outer);
+        b.push(
+            1,
+            &Record::Stack {
+                id: id as u32,
+                frames,
+            },
+        );
+    }
+    let bytes = b.finish();
+    // 50 stacks of 41 frames in full would be about 50 * 41 * 3 = 6 KB; shared, the outer 40
+    // frames are written once per chunk.
+    let trace = Trace::from_bytes(bytes.clone(), "t").unwrap();
+    assert_eq!(trace.records().count(), 50);
+    assert!(
+        bytes.len() <= 4096 + 2 * 4096,
+        "{} bytes: stacks were not shared",
+        bytes.len()
+    );
+}
+
 fn with_time(r: Record, t: u64) -> Record {
     match r {
         Record::Alloc {

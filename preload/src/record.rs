@@ -196,7 +196,13 @@ fn new_stack(
             }
             _ => native.into_iter().map(|(_, f)| f).collect(),
         };
-        check(w.write(w.last_time, |buf, _| encode_stack(buf, id, &frames)));
+        let prev = &ts.last_stack;
+        check(w.write(w.last_time, |buf, st| {
+            encode_stack(buf, st, id, &frames, prev)
+        }));
+        ts.last_stack.clear();
+        ts.last_stack
+            .extend_from_slice(&frames[..frames.len().min(memtrace_format::record::MAX_FRAMES)]);
     }
     id
 }

@@ -22,6 +22,8 @@ pub struct ThreadState {
     pub frames: Frames,
     /// The Python frames of the last capture (none outside CPython).
     pub python: PyFrames,
+    /// The frames of the last stack this thread defined: the base of its next one (FORMAT.md §4.12).
+    pub last_stack: Vec<memtrace_format::Frame>,
     /// The thread's stack, `[lo, hi)`: the unwinder reads nothing outside it.
     pub stack_hi: u64,
     /// The sink epoch this state was last used with.
@@ -121,6 +123,7 @@ fn create(max_frames: usize) -> *mut ThreadState {
         stacks: StackCache::new(),
         frames: Frames::new(max_frames),
         python: PyFrames::new(),
+        last_stack: Vec::new(),
         stack_hi: stack_top(),
         epoch: crate::sink::SINK.epoch(),
     });

@@ -39,7 +39,11 @@ impl ChunkWriter {
     pub const UNASSIGNED: ChunkWriter = ChunkWriter {
         claim: None,
         used: 0,
-        state: ChunkState { time: 0, addr: 0 },
+        state: ChunkState {
+            time: 0,
+            addr: 0,
+            has_stack: false,
+        },
         next_len: GRANULE,
         seq: 0,
         thread: 0,
