@@ -49,6 +49,7 @@ impl TraceBuilder {
             parent_trace: None,
             tool_version: "test".into(),
             fork_time_ns: None,
+            sample_bytes: None,
         }
     }
 

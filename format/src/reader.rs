@@ -9,8 +9,8 @@ use crate::decode::{Event, Step, bincode_read, decode_chunk_header, decode_step}
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
-    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, Frame, GRANULE, HEADER_SIZE, Header,
-    HeaderFirstRelease, OLDEST_READABLE_VERSION, Record,
+    CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, Frame, GRANULE, HEADER_PADDING, HEADER_SIZE,
+    Header, OLDEST_READABLE_VERSION, Record,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -140,14 +140,15 @@ impl Trace {
                 reason: format!("header length {hlen} exceeds {HEADER_SIZE} bytes"),
             });
         }
-        let payload = head.get(16..16 + hlen);
+        // Fields appended to the header since a file was written read as `None`: see HEADER_PADDING.
+        let payload = head.get(16..16 + hlen).map(|p| {
+            let mut padded = p.to_vec();
+            padded.resize(p.len() + HEADER_PADDING, 0);
+            padded
+        });
         let header: Header = payload
+            .as_deref()
             .and_then(bincode_read::<Header>)
-            .or_else(|| {
-                payload
-                    .and_then(bincode_read::<HeaderFirstRelease>)
-                    .map(Header::from)
-            })
             .ok_or_else(|| ReadError::BadHeader {
                 path: path.clone(),
                 reason: "cut short or undecodable".into(),

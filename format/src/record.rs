@@ -130,38 +130,19 @@ pub struct Header {
     /// Version of the memtrace that wrote the file.
     pub tool_version: String,
     /// For a process created by `fork`: when the fork happened, on the parent trace's clock (a fork
-    /// child's clock goes on from its parent's). Appended to the header after the first release:
-    /// readers take a header that ends before it as `None` (FORMAT.md §2).
+    /// child's clock goes on from its parent's). Appended to the header after the first release.
     #[serde(default)]
     pub fork_time_ns: Option<u64>,
+    /// Sampling (`MEMTRACE_SAMPLE_BYTES`): the mean number of allocated bytes between two recorded
+    /// allocations; `None` when every allocation is recorded (FORMAT.md §2). Appended in version 2.
+    #[serde(default)]
+    pub sample_bytes: Option<u64>,
 }
 
-/// [`Header`] as the first release wrote it, without the fields appended since.
-#[derive(Deserialize)]
-pub(crate) struct HeaderFirstRelease {
-    pid: u32,
-    ppid: u32,
-    executable: String,
-    cmdline: Vec<String>,
-    start_unix_ns: u64,
-    parent_trace: Option<String>,
-    tool_version: String,
-}
-
-impl From<HeaderFirstRelease> for Header {
-    fn from(h: HeaderFirstRelease) -> Header {
-        Header {
-            pid: h.pid,
-            ppid: h.ppid,
-            executable: h.executable,
-            cmdline: h.cmdline,
-            start_unix_ns: h.start_unix_ns,
-            parent_trace: h.parent_trace,
-            tool_version: h.tool_version,
-            fork_time_ns: None,
-        }
-    }
-}
+/// How many zero bytes are added to a header payload before it is decoded: a payload that ends
+/// before fields appended to the header since it was written then reads them as `None` (bincode's
+/// `Option` is one byte, 0 for `None`). Enough for every field appended so far.
+pub const HEADER_PADDING: usize = 8;
 
 /// One `PT_LOAD` segment of a module, in the module's own (file) addresses.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,9 @@ pub struct Config {
     pub max_frames: usize,
     /// The program's name (argv[0]), for default file names.
     pub program: String,
+    /// `MEMTRACE_SAMPLE_BYTES`: record allocations by a Poisson process with this mean interval in
+    /// bytes (FORMAT.md §2); `None`: record every allocation.
+    pub sample_bytes: Option<u64>,
 }
 
 /// Expands `%p` to `pid` and `%%` to `%`.
@@ -81,6 +84,7 @@ impl Config {
         output: Option<&str>,
         quiet: Option<&str>,
         max_frames: Option<&str>,
+        sample_bytes: Option<&str>,
         program: &str,
         pid: u32,
     ) -> Config {
@@ -96,12 +100,16 @@ impl Config {
             .map_or(DEFAULT_MAX_FRAMES, |m| {
                 m.min(memtrace_format::record::MAX_FRAMES)
             });
+        let sample_bytes = sample_bytes
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .filter(|&n| n > 1);
         Config {
             output,
             output_pattern,
             quiet,
             max_frames,
             program: program.to_owned(),
+            sample_bytes,
         }
     }
 }
@@ -119,7 +127,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::from_env(None, None, None, "/usr/bin/python3.11", 9);
+        let c = Config::from_env(None, None, None, None, "/usr/bin/python3.11", 9);
         assert_eq!(c.output, "memtrace.python3.11.9.bin");
         assert_eq!(
             child_output(&c, &c.output, 10),
@@ -127,16 +135,26 @@ mod tests {
         );
         assert!(!c.quiet);
         assert_eq!(c.max_frames, DEFAULT_MAX_FRAMES);
+        assert_eq!(c.sample_bytes, None);
     }
 
     #[test]
     fn settings_are_read() {
-        let c = Config::from_env(Some("/tmp/x-%p"), Some("1"), Some("5000"), "p", 3);
+        let c = Config::from_env(
+            Some("/tmp/x-%p"),
+            Some("1"),
+            Some("5000"),
+            Some("65536"),
+            "p",
+            3,
+        );
+        assert_eq!(c.sample_bytes, Some(65536));
         assert_eq!(c.output, "/tmp/x-3");
         assert!(c.quiet);
         assert_eq!(c.max_frames, memtrace_format::record::MAX_FRAMES);
         assert_eq!(child_output(&c, &c.output, 4), "/tmp/x-4");
-        let c = Config::from_env(Some("t.bin"), Some("0"), Some("junk"), "p", 3);
+        let c = Config::from_env(Some("t.bin"), Some("0"), Some("junk"), Some("x"), "p", 3);
+        assert_eq!(c.sample_bytes, None);
         assert!(!c.quiet);
         assert_eq!(c.max_frames, DEFAULT_MAX_FRAMES);
         assert_eq!(child_output(&c, &c.output, 4), "t.bin.4");

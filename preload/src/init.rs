@@ -134,6 +134,7 @@ fn header(parent_trace: Option<String>, fork_time_ns: Option<u64>) -> Vec<u8> {
         parent_trace,
         tool_version: env!("CARGO_PKG_VERSION").into(),
         fork_time_ns,
+        sample_bytes: CONFIG.get().and_then(|c| c.sample_bytes),
     })
 }
 
@@ -163,6 +164,7 @@ fn start() {
         getenv(c"MEMTRACE_OUTPUT").as_deref(),
         getenv(c"MEMTRACE_QUIET").as_deref(),
         getenv(c"MEMTRACE_MAX_FRAMES").as_deref(),
+        getenv(c"MEMTRACE_SAMPLE_BYTES").as_deref(),
         &program,
         pid,
     );
@@ -174,6 +176,9 @@ fn start() {
         &cmdline,
     );
     let parent_trace = exec_parent_trace(&config);
+    if let Some(n) = config.sample_bytes {
+        crate::sample::set_mean(n);
+    }
     let _ = CONFIG.set(config);
     clock::start();
     let changes = modules::rescan(true);

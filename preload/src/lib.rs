@@ -33,6 +33,7 @@ mod plt;
 mod python;
 mod real;
 mod record;
+mod sample;
 mod signal;
 mod sink;
 mod spin;

@@ -7,7 +7,7 @@
 use crate::modules::{self, ModuleMap};
 use crate::thread::{self, ThreadState};
 use crate::writer::{ChunkWriter, WriteError};
-use crate::{clock, init, python, stacks};
+use crate::{clock, init, python, sample, stacks};
 use memtrace_format::encode::{
     encode_alloc, encode_end, encode_free, encode_mark, encode_module, encode_module_unload,
     encode_py_code, encode_realloc, encode_stack, module_payload, py_code_payload,
@@ -32,10 +32,22 @@ fn now(w: &ChunkWriter) -> u64 {
     clock::now().max(w.last_time)
 }
 
+/// Whether this allocation is to be recorded: always, unless sampling is on (`sample.rs`).
+#[inline(always)]
+fn sampled(ts: &mut ThreadState, size: usize) -> bool {
+    match sample::mean() {
+        0 => true,
+        mean => sample::take(&mut ts.sample_countdown, &mut ts.rng, size, mean),
+    }
+}
+
 /// Records an allocation that returned `addr`.
 #[inline(always)]
 pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
     with(|ts, w| {
+        if !sampled(ts, size) {
+            return;
+        }
         let stack = stack_id(ts, w);
         let time = now(w);
         check(w.write(time, |buf, st| {
@@ -48,6 +60,14 @@ pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
 #[inline(always)]
 pub fn realloc(old: usize, size: usize, new: usize) {
     with(|ts, w| {
+        if !sampled(ts, size) {
+            // The new block goes unrecorded; the old one is gone (FORMAT.md §2, sampling).
+            if old != 0 {
+                let time = now(w);
+                check(w.write(time, |buf, st| encode_free(buf, st, time, old as u64)));
+            }
+            return;
+        }
         let stack = stack_id(ts, w);
         let time = now(w);
         check(w.write(time, |buf, st| {

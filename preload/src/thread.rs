@@ -28,6 +28,10 @@ pub struct ThreadState {
     pub stack_hi: u64,
     /// The sink epoch this state was last used with.
     pub epoch: u32,
+    /// Sampling: bytes still to allocate before the next recorded allocation.
+    pub sample_countdown: i64,
+    /// Sampling: this thread's random state (xorshift64*), never 0.
+    pub rng: u64,
 }
 
 thread_local! {
@@ -126,6 +130,8 @@ fn create(max_frames: usize) -> *mut ThreadState {
         last_stack: Vec::new(),
         stack_hi: stack_top(),
         epoch: crate::sink::SINK.epoch(),
+        sample_countdown: crate::sample::UNDRAWN,
+        rng: u64::from(gettid()).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
     });
     let p = Box::into_raw(state);
     STATE.with(|s| s.set(p));
