@@ -3,6 +3,7 @@
 
 use crate::key::GroupBy;
 use crate::render::Format;
+use crate::view::FrameView;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -11,6 +12,7 @@ EXAMPLES:
     memtrace-analyze summary app.trace
     memtrace-analyze top app.trace --by peak -n 5
     memtrace-analyze top app.trace --by temporary --format json
+    memtrace-analyze top py.trace --group-by line --frames python
     memtrace-analyze leaks app.trace --fail-on-leak
     memtrace-analyze snapshot app.trace@before
     memtrace-analyze diff app.trace@before app.trace@after
@@ -76,6 +78,10 @@ pub struct SymbolArgs {
     /// JSON].
     #[arg(long, value_name = "N")]
     pub depth: Option<usize>,
+    /// Which frames of a Python program's stacks to show: Python frames in place of the
+    /// interpreter's evaluation frames, Python frames only, or native frames only.
+    #[arg(long, value_enum, value_name = "VIEW", default_value_t = FrameView::Merged)]
+    pub frames: FrameView,
 }
 
 /// `summary` options.
@@ -128,6 +134,10 @@ pub struct TopArgs {
     /// Number of stacks to show (0: all).
     #[arg(short = 'n', long = "limit", value_name = "N", default_value_t = 10)]
     pub limit: usize,
+    /// One entry per stack, or per innermost function or source line (a Python program's
+    /// innermost Python function or line, like tracemalloc's lineno statistics), stacks merged.
+    #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
+    pub group_by: GroupBy,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -146,6 +156,10 @@ pub struct LeaksArgs {
     /// Exit with status 1 if any block is still live at the end of the trace.
     #[arg(long)]
     pub fail_on_leak: bool,
+    /// One entry per stack, or per innermost function or source line (a Python program's
+    /// innermost Python function or line, like tracemalloc's lineno statistics), stacks merged.
+    #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
+    pub group_by: GroupBy,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -169,6 +183,10 @@ pub struct SnapshotArgs {
     /// Number of stacks to show (0: all) [default: 10 for text, all for JSON].
     #[arg(short = 'n', long = "limit", value_name = "N")]
     pub limit: Option<usize>,
+    /// One entry per stack, or per innermost function or source line (a Python program's
+    /// innermost Python function or line, like tracemalloc's lineno statistics), stacks merged.
+    #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
+    pub group_by: GroupBy,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -186,7 +204,8 @@ pub struct DiffArgs {
     #[arg(value_name = "AFTER")]
     pub after: String,
     /// What makes two stacks the same: the whole stack (function and module of each frame,
-    /// file:line breaking ties), the innermost function, or the innermost source line.
+    /// file:line breaking ties), the innermost (Python) function, or the innermost (Python) source
+    /// line.
     #[arg(long, value_enum, default_value_t = GroupBy::Stack)]
     pub group_by: GroupBy,
     /// Number of entries to show (0: all) [default: 10 for text, all for JSON].

@@ -219,6 +219,19 @@ impl StackStats {
             self.peak_seq = peak_seq;
         }
     }
+
+    /// Adds `other`'s measures to these (finalized statistics of stacks a report merges into one
+    /// entry: every measure is a sum over blocks, so the sums are the merged entry's measures).
+    pub fn add(&mut self, other: &StackStats) {
+        self.alloc_bytes = self.alloc_bytes.wrapping_add(other.alloc_bytes);
+        self.alloc_count += other.alloc_count;
+        self.live_bytes = self.live_bytes.wrapping_add(other.live_bytes);
+        self.live_count += other.live_count;
+        self.peak_bytes = self.peak_bytes.wrapping_add(other.peak_bytes);
+        self.peak_count += other.peak_count;
+        self.temporary_bytes = self.temporary_bytes.wrapping_add(other.temporary_bytes);
+        self.temporary_count += other.temporary_count;
+    }
 }
 
 /// Per-stack statistics over a replay, with the lazy capture of each stack's share of the peak.

@@ -5,11 +5,18 @@
 //!   build directories differ), inlined frames included; a frame whose function is unknown is
 //!   `?` in its module. The traced program's own executable is the module `(executable)` whatever
 //!   its name, so that `app-v1` and `app-v2` compare. File and line (file name and line number) are a tie-break: see [`pair`].
-//! - `--group-by function`: the innermost frame's function and module only.
-//! - `--group-by line`: the innermost frame's source file name and line, in its module (the
-//!   function and module when the line is unknown).
+//! - `--group-by function`: the function of the *key frame* ([`location`]), in its module.
+//! - `--group-by line`: the key frame's source file name and line, in its module (the function and
+//!   module when the line is unknown).
 //!
-//! This module builds keys from resolved frames and pairs the keys of two sides; it computes no
+//! The key frame is the innermost Python frame when the stack has one (as tracemalloc groups by
+//! the line of the innermost Python frame); else, for `line`, the innermost frame that has a file
+//! and a line; else the innermost frame. A Python frame's "module" is its file as the interpreter
+//! names it (`co_filename`, whole: two packages' `__init__.py` differ), and its function is its
+//! qualified name.
+//!
+//! Keys are built from the frames a report shows (after the `--frames` view, `view.rs`). This
+//! module builds keys from resolved frames and pairs the keys of two sides; it computes no
 //! statistics and reads no files.
 
 use crate::render::basename;
@@ -22,9 +29,9 @@ pub enum GroupBy {
     /// The whole stack: each frame's function and module, file:line breaking ties.
     #[default]
     Stack,
-    /// The innermost frame's function and module.
+    /// The innermost Python function, else the innermost function (with its module).
     Function,
-    /// The innermost frame's source file and line.
+    /// The innermost Python frame's file and line, else the innermost source line.
     Line,
 }
 
@@ -38,12 +45,39 @@ impl GroupBy {
         }
     }
 
-    /// How many frames of a representative stack describe an entry (0: all).
-    pub fn frames_shown(self) -> usize {
+    /// Whether entries merge the stacks of one key frame ([`location`]): `function` and `line`.
+    pub fn by_location(self) -> bool {
+        self != GroupBy::Stack
+    }
+
+    /// What one entry is, in text: `function`, `line`.
+    pub fn noun(self) -> &'static str {
         match self {
-            GroupBy::Stack => 0,
-            GroupBy::Function | GroupBy::Line => 1,
+            GroupBy::Stack => "stack",
+            GroupBy::Function => "function",
+            GroupBy::Line => "line",
         }
+    }
+}
+
+/// The index in `frames` (a stack as shown, innermost first) of the frame that `--group-by
+/// function` or `line` takes its key from, `None` for `stack` or an empty stack: the innermost
+/// Python frame; else, for `line`, the innermost frame with a file and a line; else the innermost
+/// frame.
+pub fn location(frames: &[ResolvedFrame], by: GroupBy) -> Option<usize> {
+    if frames.is_empty() {
+        return None;
+    }
+    let python = || frames.iter().position(ResolvedFrame::is_python);
+    let with_line = || {
+        frames
+            .iter()
+            .position(|f| f.file.is_some() && f.line.is_some())
+    };
+    match by {
+        GroupBy::Stack => None,
+        GroupBy::Function => Some(python().unwrap_or(0)),
+        GroupBy::Line => Some(python().or_else(with_line).unwrap_or(0)),
     }
 }
 
@@ -74,22 +108,31 @@ fn function_name(f: &ResolvedFrame) -> String {
     f.function.clone().unwrap_or_else(|| UNKNOWN.to_owned())
 }
 
+/// What a frame's function belongs to: its module's name, or a Python frame's file.
+fn container(f: &ResolvedFrame, executable: &str) -> String {
+    if f.is_python() {
+        return match &f.file {
+            Some(file) => format!("{file} (python)"),
+            None => "(python)".to_owned(),
+        };
+    }
+    module_name(f, executable)
+}
+
 /// The key of a stack whose frames (innermost first, inlined expanded) are `frames`, in a trace of
 /// the program `executable` (its path or file name, as the trace header gives it). An empty stack
 /// (none captured, or not defined in the trace) has the key `(no stack)`.
 pub fn key(frames: &[ResolvedFrame], by: GroupBy, executable: &str) -> Key {
     let executable = basename(executable);
-    let Some(first) = frames.first() else {
-        return Key {
-            site: vec![("(no stack)".into(), String::new())],
-            lines: Vec::new(),
-        };
+    let Some(at) = location(frames, by).or((!frames.is_empty()).then_some(0)) else {
+        return note_key("(no stack)");
     };
+    let first = &frames[at];
     match by {
         GroupBy::Stack => Key {
             site: frames
                 .iter()
-                .map(|f| (function_name(f), module_name(f, executable)))
+                .map(|f| (function_name(f), container(f, executable)))
                 .collect(),
             lines: frames
                 .iter()
@@ -102,7 +145,7 @@ pub fn key(frames: &[ResolvedFrame], by: GroupBy, executable: &str) -> Key {
                 .collect(),
         },
         GroupBy::Function => Key {
-            site: vec![(function_name(first), module_name(first, executable))],
+            site: vec![(function_name(first), container(first, executable))],
             lines: Vec::new(),
         },
         GroupBy::Line => {
@@ -111,10 +154,19 @@ pub fn key(frames: &[ResolvedFrame], by: GroupBy, executable: &str) -> Key {
                 _ => function_name(first),
             };
             Key {
-                site: vec![(place, module_name(first, executable))],
+                site: vec![(place, container(first, executable))],
                 lines: Vec::new(),
             }
         }
+    }
+}
+
+/// The key of a stack with no frames to show, by why: `(no stack)` (none captured, or not
+/// defined in the trace), `(no python frames)`.
+pub fn note_key(note: &str) -> Key {
+    Key {
+        site: vec![(note.to_owned(), String::new())],
+        lines: Vec::new(),
     }
 }
 
@@ -176,6 +228,7 @@ pub fn pair(a: &[Key], b: &[Key]) -> Vec<(Option<Key>, Option<Key>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbols::FrameKind;
 
     fn frame(function: Option<&str>, file: &str, line: u32, module: &str) -> ResolvedFrame {
         ResolvedFrame {
@@ -186,6 +239,20 @@ mod tests {
             address: 0x1234,
             offset: 0x234,
             inlined: false,
+            kind: FrameKind::Native,
+        }
+    }
+
+    fn py(function: &str, file: &str, line: u32) -> ResolvedFrame {
+        ResolvedFrame {
+            function: Some(function.to_owned()),
+            file: Some(file.to_owned()),
+            line: Some(line),
+            module: None,
+            address: 8,
+            offset: 8,
+            inlined: false,
+            kind: FrameKind::Python,
         }
     }
 
@@ -230,6 +297,53 @@ mod tests {
             k(&[("?", "libc.so.6")], &[])
         );
         assert_eq!(key(&[], GroupBy::Stack, exe).site[0].0, "(no stack)");
+    }
+
+    #[test]
+    fn python_frames_are_the_key_frames() {
+        let exe = "/usr/bin/python3";
+        let stack = [
+            frame(None, "", 0, "/lib/libc.so.6"),
+            frame(
+                Some("PyList_Append"),
+                "Objects/listobject.c",
+                40,
+                "/lib/libpython.so",
+            ),
+            py("Loader.load", "/srv/app/loader.py", 12),
+            py("<module>", "/srv/app/main.py", 3),
+        ];
+        assert_eq!(location(&stack, GroupBy::Line), Some(2));
+        assert_eq!(location(&stack, GroupBy::Function), Some(2));
+        assert_eq!(location(&stack, GroupBy::Stack), None);
+        assert_eq!(
+            key(&stack, GroupBy::Line, exe),
+            k(&[("loader.py:12", "/srv/app/loader.py (python)")], &[])
+        );
+        assert_eq!(
+            key(&stack, GroupBy::Function, exe),
+            k(&[("Loader.load", "/srv/app/loader.py (python)")], &[])
+        );
+        let whole = key(&stack, GroupBy::Stack, exe);
+        assert_eq!(
+            whole.site[3],
+            ("<module>".into(), "/srv/app/main.py (python)".into())
+        );
+        assert_eq!(whole.lines[2], ("loader.py".into(), 12));
+        // Two packages' __init__.py are two places.
+        let a = [py("<module>", "/x/a/__init__.py", 1)];
+        let b = [py("<module>", "/x/b/__init__.py", 1)];
+        assert_ne!(key(&a, GroupBy::Line, exe), key(&b, GroupBy::Line, exe));
+        // Without Python frames: the innermost frame with a line, then the innermost frame.
+        assert_eq!(location(&stack[..2], GroupBy::Line), Some(1));
+        assert_eq!(location(&stack[..2], GroupBy::Function), Some(0));
+        assert_eq!(
+            key(&stack[..2], GroupBy::Line, exe),
+            k(&[("listobject.c:40", "libpython.so")], &[])
+        );
+        assert_eq!(location(&stack[..1], GroupBy::Line), Some(0));
+        assert_eq!(location(&[], GroupBy::Line), None);
+        assert_eq!(key(&[], GroupBy::Line, exe), note_key("(no stack)"));
     }
 
     #[test]

@@ -4,11 +4,12 @@
 //! merged time order, through a [`replay::Replayer`] that keeps the live heap and the counters and
 //! feeds observers (per-stack statistics, stack and module definitions, [`capture`]'s snapshots at
 //! the [`point`]s asked for); then only the stacks a report prints (or, for `diff`, matches by
-//! [`key`]) are symbolized; then [`render`] writes text or JSON.
+//! [`key`]) are symbolized, Python frames named from their code records with lines from
+//! [`python_lines`], and cut to the `--frames` [`view`]; then [`render`] writes text or JSON.
 //!
 //! Rules this crate keeps:
-//! - Memory grows with the live set and the number of distinct stacks and modules, never with the
-//!   length of the trace.
+//! - Memory grows with the live set and the number of distinct stacks, modules and Python code
+//!   objects, never with the length of the trace.
 //! - Problems inside a trace are warnings (`warning: …` on stderr) and the report still prints;
 //!   input that is not a readable trace is an error: one `error: …` line, exit status 2.
 //! - Exit status: 0 success, 1 a requested check failed, 2 error. A closed stdout (`| head`) is a
@@ -24,10 +25,12 @@ pub mod heap;
 pub mod inherit;
 pub mod key;
 pub mod point;
+pub mod python_lines;
 pub mod render;
 pub mod replay;
 pub mod report;
 pub mod symbols;
+pub mod view;
 
 use clap::Parser;
 use std::ffi::OsString;

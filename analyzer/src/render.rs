@@ -113,8 +113,20 @@ pub fn basename(path: &str) -> &str {
 }
 
 /// One frame in a line: `function at file:line (module)`, with what is missing left out, and the
-/// module offset where there is no line to go by.
+/// module offset where there is no line to go by; a Python frame is `qualname at file:line [py]`.
 pub fn frame_text(f: &ResolvedFrame) -> String {
+    if f.is_python() {
+        let mut s = f.function.clone().unwrap_or_else(|| "?".to_owned());
+        if let Some(file) = &f.file {
+            s.push_str(" at ");
+            s.push_str(file);
+            if let Some(line) = f.line {
+                s.push_str(&format!(":{line}"));
+            }
+        }
+        s.push_str(" [py]");
+        return s;
+    }
     let module = f.module.as_deref().map(basename);
     let mut s = match (&f.function, &f.file) {
         (Some(func), Some(file)) => match f.line {
@@ -153,6 +165,10 @@ pub struct FrameJson<'a> {
     pub offset: String,
     /// Whether this function was inlined into the next frame.
     pub inlined: bool,
+    /// `"native"` (a return address) or `"python"` (a Python frame: `function` is its qualified
+    /// name, `file` its `co_filename`, `module` null, `address` and `offset` the instruction's byte
+    /// offset in its code object).
+    pub kind: &'static str,
 }
 
 impl<'a> From<&'a ResolvedFrame> for FrameJson<'a> {
@@ -165,6 +181,7 @@ impl<'a> From<&'a ResolvedFrame> for FrameJson<'a> {
             address: hex(f.address),
             offset: hex(f.offset),
             inlined: f.inlined,
+            kind: f.kind.name(),
         }
     }
 }
@@ -250,6 +267,7 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::symbols::FrameKind;
 
     #[test]
     fn human_numbers() {
@@ -310,6 +328,7 @@ mod tests {
             address: 0x1234,
             offset: 0x234,
             inlined: false,
+            kind: FrameKind::Native,
         };
         assert_eq!(frame_text(&f), "foo at x.c:3 (prog)");
         f.inlined = true;
@@ -321,5 +340,23 @@ mod tests {
         assert_eq!(frame_text(&f), "0x1234 (prog+0x234)");
         f.module = None;
         assert_eq!(frame_text(&f), "0x1234 (unknown module)");
+        let py = ResolvedFrame {
+            function: Some("Loader.load".into()),
+            file: Some("app/loader.py".into()),
+            line: Some(42),
+            module: None,
+            address: 0x1c,
+            offset: 0x1c,
+            inlined: false,
+            kind: FrameKind::Python,
+        };
+        assert_eq!(frame_text(&py), "Loader.load at app/loader.py:42 [py]");
+        let unknown = ResolvedFrame {
+            function: Some("<unknown python code 7>".into()),
+            file: None,
+            line: None,
+            ..py
+        };
+        assert_eq!(frame_text(&unknown), "<unknown python code 7> [py]");
     }
 }

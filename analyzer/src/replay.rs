@@ -8,7 +8,7 @@
 //! (another thread interned it a moment earlier), so stacks are resolved at report time only.
 
 use crate::heap::{Block, LiveHeap, StackTable};
-use memtrace_format::{Frame, ModuleInfo, Record, Records, ThreadRecord};
+use memtrace_format::{Frame, ModuleInfo, PyCodeInfo, Record, Records, ThreadRecord};
 use rustc_hash::FxHashMap;
 
 /// Where the replay is when an observer is called.
@@ -73,14 +73,17 @@ impl Observer for StackTable {
     }
 }
 
-/// Keeps the stack and module definitions, for resolving the stacks a report prints. Memory grows
-/// with the number of distinct stacks and modules, never with the number of heap events.
+/// Keeps the stack, module and Python code definitions, for resolving the stacks a report prints.
+/// Memory grows with the number of distinct stacks, modules and code objects, never with the number
+/// of heap events.
 #[derive(Default)]
 pub struct Definitions {
     /// Stack id to frames, innermost first.
     pub stacks: FxHashMap<u32, Box<[Frame]>>,
     /// Module id to module.
     pub modules: FxHashMap<u32, ModuleInfo>,
+    /// Python code id to code (format version 2).
+    pub python_codes: FxHashMap<u32, PyCodeInfo>,
 }
 
 impl Observer for Definitions {
@@ -93,6 +96,9 @@ impl Observer for Definitions {
             }
             Record::Module(m) => {
                 self.modules.entry(m.id).or_insert_with(|| m.clone());
+            }
+            Record::PyCode(c) => {
+                self.python_codes.entry(c.id).or_insert_with(|| c.clone());
             }
             _ => {}
         }
@@ -161,6 +167,8 @@ pub struct Totals {
     pub stacks: u64,
     /// Module records.
     pub modules: u64,
+    /// Python code records.
+    pub python_codes: u64,
     /// Module unload records.
     pub module_unloads: u64,
     /// Marks, in time order.
@@ -426,6 +434,7 @@ impl Replayer {
                 match other {
                     Record::Stack { .. } => self.totals.stacks += 1,
                     Record::Module(_) => self.totals.modules += 1,
+                    Record::PyCode(_) => self.totals.python_codes += 1,
                     Record::ModuleUnload { time, .. } => {
                         self.set_time(*time);
                         self.totals.module_unloads += 1;

@@ -9,8 +9,12 @@
 //! the address lies inside its size. A module file whose build-id differs from the one recorded in the
 //! trace is not trusted (one warning). A missing or unreadable module is never an error: its frames
 //! stay unresolved. This module must not read anything else, and never panics on a malformed file.
+//!
+//! A Python frame (format version 2) needs no file: it names its code record, whose qualified name,
+//! file name and line table (decoded by [`crate::python_lines`]) give function, file and line.
 
-use memtrace_format::{Frame, ModuleInfo};
+use crate::python_lines;
+use memtrace_format::{Frame, ModuleInfo, PyCodeInfo};
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use rustc_hash::FxHashMap;
 use std::borrow::Cow;
@@ -34,7 +38,33 @@ fn read_named_file(path: &Path) -> std::io::Result<Vec<u8>> {
 
 type Reader = gimli::EndianRcSlice<gimli::RunTimeEndian>;
 
-/// One printed frame: a function (or an inlined function) at a return address.
+/// What a frame of a stack is: a native return address, or a Python frame (FORMAT.md §4.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameKind {
+    /// A return address in a module (or in no known module).
+    #[default]
+    Native,
+    /// A Python function running in the interpreter.
+    Python,
+}
+
+impl FrameKind {
+    /// The name used in JSON (`kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameKind::Native => "native",
+            FrameKind::Python => "python",
+        }
+    }
+}
+
+/// One printed frame: a function (or an inlined function) at a return address, or a Python frame.
+///
+/// A Python frame has its code's qualified name as `function`, its file name (`co_filename`) as
+/// `file`, the line of its executing instruction as `line` (its code's first line when the
+/// instruction has none), no `module`, and the instruction's byte offset in its code object as both
+/// `address` and `offset`. A frame naming a code the trace never defined is the function
+/// `<unknown python code N>` with no file or line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedFrame {
     /// Demangled function name, if known.
@@ -51,6 +81,15 @@ pub struct ResolvedFrame {
     pub offset: u64,
     /// True for a function inlined into the next frame (which shares its address).
     pub inlined: bool,
+    /// Native or Python.
+    pub kind: FrameKind,
+}
+
+impl ResolvedFrame {
+    /// Whether this is a Python frame.
+    pub fn is_python(&self) -> bool {
+        self.kind == FrameKind::Python
+    }
 }
 
 /// How the symbolizer finds files.
@@ -102,6 +141,7 @@ impl ModuleSymbols {
 /// Resolves frames against the modules of one trace, caching per module and per frame.
 pub struct Symbolizer<'a> {
     modules: &'a FxHashMap<u32, ModuleInfo>,
+    python_codes: Option<&'a FxHashMap<u32, PyCodeInfo>>,
     options: SymbolOptions,
     loaded: FxHashMap<u32, Option<Rc<ModuleSymbols>>>,
     frames: FxHashMap<Frame, Rc<[ResolvedFrame]>>,
@@ -113,11 +153,18 @@ impl<'a> Symbolizer<'a> {
     pub fn new(modules: &'a FxHashMap<u32, ModuleInfo>, options: SymbolOptions) -> Self {
         Symbolizer {
             modules,
+            python_codes: None,
             options,
             loaded: FxHashMap::default(),
             frames: FxHashMap::default(),
             warnings: Vec::new(),
         }
+    }
+
+    /// The same symbolizer, naming Python frames from the trace's PyCode records `codes`.
+    pub fn with_python_codes(mut self, codes: &'a FxHashMap<u32, PyCodeInfo>) -> Self {
+        self.python_codes = Some(codes);
+        self
     }
 
     /// Problems met so far (unreadable modules, build-id mismatches), each said once. Taking them
@@ -146,6 +193,10 @@ impl<'a> Symbolizer<'a> {
     }
 
     fn resolve_uncached(&mut self, frame: Frame) -> Vec<ResolvedFrame> {
+        if let Some(py) = frame.as_python() {
+            let code = self.python_codes.and_then(|codes| codes.get(&py.code));
+            return vec![python_frame(py.code, py.instruction, code)];
+        }
         let module = if frame.module == 0 {
             None
         } else {
@@ -159,6 +210,7 @@ impl<'a> Symbolizer<'a> {
             address: module.map_or(frame.offset, |m| m.bias.wrapping_add(frame.offset)),
             offset: frame.offset,
             inlined: false,
+            kind: FrameKind::Native,
         };
         let Some(module) = module else {
             return vec![base];
@@ -389,6 +441,38 @@ impl<'a> Symbolizer<'a> {
     }
 }
 
+/// The resolved form of a Python frame running `code_id` (whose record is `code`, if the trace
+/// has it) at byte offset `instruction`.
+fn python_frame(code_id: u32, instruction: u32, code: Option<&PyCodeInfo>) -> ResolvedFrame {
+    let (function, file, line) = match code {
+        Some(c) => {
+            let name = if c.qualname.is_empty() {
+                &c.name
+            } else {
+                &c.qualname
+            };
+            let line =
+                python_lines::line_of(c.line_table_kind, &c.line_table, c.first_line, instruction);
+            (
+                name.clone(),
+                Some(c.filename.clone()),
+                Some(line.unwrap_or(c.first_line)),
+            )
+        }
+        None => (format!("<unknown python code {code_id}>"), None, None),
+    };
+    ResolvedFrame {
+        function: Some(function),
+        file,
+        line,
+        module: None,
+        address: u64::from(instruction),
+        offset: u64::from(instruction),
+        inlined: false,
+        kind: FrameKind::Python,
+    }
+}
+
 /// One DWARF section of `file`, decompressed, or empty when absent or unreadable.
 fn load_section(
     file: &object::File<'_>,
@@ -460,6 +544,69 @@ mod tests {
             "core::fmt::write"
         );
         assert_eq!(demangle("_Z3fooi"), "foo(int)");
+    }
+
+    #[test]
+    fn python_frames_are_named_by_their_code_records() {
+        use memtrace_format::PyFrame;
+        use memtrace_format::record::line_table::LOCATIONS_311;
+        let modules = FxHashMap::default();
+        let mut codes = FxHashMap::default();
+        // 3.11 location table: [0, 2) line 40, [2, 6) line 41, [6, 8) no location.
+        codes.insert(
+            1,
+            PyCodeInfo {
+                id: 1,
+                name: "load".into(),
+                qualname: "Loader.load".into(),
+                filename: "app/loader.py".into(),
+                first_line: 40,
+                line_table_kind: LOCATIONS_311,
+                line_table: vec![0x80, 0x05, 0xd9, 0x01, 0x02, 0xf8],
+            },
+        );
+        let mut s = Symbolizer::new(&modules, SymbolOptions::default()).with_python_codes(&codes);
+        let py = |code, instruction| Frame::python(PyFrame { code, instruction });
+        let r = s.resolve_stack(&[py(1, 4), py(1, 6), py(7, 2)]);
+        let seen: Vec<_> = r
+            .iter()
+            .map(|f| (f.function.as_deref(), f.file.as_deref(), f.line, f.kind))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (
+                    Some("Loader.load"),
+                    Some("app/loader.py"),
+                    Some(41),
+                    FrameKind::Python
+                ),
+                // No line: the code's first line.
+                (
+                    Some("Loader.load"),
+                    Some("app/loader.py"),
+                    Some(40),
+                    FrameKind::Python
+                ),
+                (
+                    Some("<unknown python code 7>"),
+                    None,
+                    None,
+                    FrameKind::Python
+                ),
+            ]
+        );
+        assert_eq!(
+            (r[0].module.as_deref(), r[0].address, r[0].offset),
+            (None, 4, 4)
+        );
+        assert!(s.take_warnings().is_empty());
+        // Without code records every Python frame is unknown, and nothing panics.
+        let mut bare = Symbolizer::new(&modules, SymbolOptions::default());
+        assert_eq!(
+            bare.resolve(py(1, 4))[0].function.as_deref(),
+            Some("<unknown python code 1>")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::cli::DiffArgs;
 use crate::key::{self, GroupBy, Key};
 use crate::point::{TracePoint, parse_size, parse_trace_point};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, GroupJson, PrintedStack, StackJson, StackPrinter};
 use anyhow::Result;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -61,7 +61,7 @@ fn by_key(
     for l in &snap.stacks {
         let k = keys
             .entry(l.stack)
-            .or_insert_with(|| key::key(&printer.resolve(l.stack), by, executable))
+            .or_insert_with(|| printer.key(l.stack, by, executable))
             .clone();
         let h = out.entry(k).or_default();
         h.bytes = h.bytes.wrapping_add(l.bytes);
@@ -191,13 +191,12 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         0 => listed,
         n => n.min(listed),
     };
-    let frames = by.frames_shown();
     let stacks: Vec<PrintedStack> = entries[..shown]
         .iter()
         .map(|e| {
             let side = e.shown;
             let h = if side == 0 { &e.before } else { &e.after };
-            printers[snap_of[side].0].stack_cut(h.rep, frames)
+            printers[snap_of[side].0].entry_stack(h.rep, by)
         })
         .collect();
     let mut warnings: Vec<String> = sources.iter().flat_map(|c| c.warnings.clone()).collect();
@@ -252,6 +251,7 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
                         count_delta: e.count_delta(),
                         stacks_before: e.before.stacks,
                         stacks_after: e.after.stacks,
+                        group: GroupJson::of(by, s, None),
                         stack: s.json(),
                     })
                     .collect(),
@@ -323,6 +323,9 @@ struct EntryJson<'a> {
     /// Stacks of each side merged into this entry.
     stacks_before: usize,
     stacks_after: usize,
+    /// With `--group-by function|line`: `location`, the key frame.
+    #[serde(flatten)]
+    group: Option<GroupJson<'a>>,
     #[serde(flatten)]
     stack: StackJson<'a>,
 }

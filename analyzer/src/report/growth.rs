@@ -263,6 +263,7 @@ pub fn run(args: &GrowthArgs, out: &mut dyn Write, err: &mut dyn Write) -> Resul
                                 series_bytes: r.series.iter().map(|x| x.0).collect(),
                                 series_count: r.series.iter().map(|x| x.1).collect(),
                             },
+                            group: None,
                             stack: s.json(),
                         }
                     })

@@ -1,6 +1,7 @@
 //! The subcommands, one file each, and what they share: opening a trace (index warnings included),
 //! the full single-pass analysis behind `top` and `leaks`, turning stack ids into printable,
-//! symbolized frames, and the stack-table layout of the text reports.
+//! symbolized frames (in the `--frames` view), grouping a report's stacks by `--group-by`, and the
+//! stack-table layout of the text reports.
 
 pub mod diff;
 pub mod dump;
@@ -12,12 +13,15 @@ pub mod top;
 
 use crate::cli::SymbolArgs;
 use crate::heap::StackTable;
+use crate::key::{self, GroupBy, Key};
 use crate::render::{self, Format};
 use crate::replay::{Definitions, Replayer, Totals};
 use crate::symbols::{ResolvedFrame, SymbolOptions, Symbolizer};
+use crate::view::{self, FrameView};
 use anyhow::Result;
 use memtrace_format::Trace;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -97,12 +101,13 @@ impl PrintedStack {
 }
 
 /// One entry of a ranked report in JSON: what every report's entries share (rank, stack id, the
-/// bytes and count the report ranks by), the report's own fields (`extra`), then the stack.
+/// bytes and count the report ranks by), the report's own fields (`extra`), what a grouped entry
+/// adds, then the stack.
 #[derive(Serialize)]
 pub struct EntryJson<'a, X: Serialize> {
     /// From 1.
     pub rank: usize,
-    /// The stack's id in the trace.
+    /// The stack's id in the trace (of a grouped entry: its representative stack's).
     pub stack_id: u32,
     /// The report's bytes (its measure).
     pub bytes: u64,
@@ -111,9 +116,61 @@ pub struct EntryJson<'a, X: Serialize> {
     /// The report's own fields.
     #[serde(flatten)]
     pub extra: X,
+    /// With `--group-by function|line`: the key frame and the stacks merged.
+    #[serde(flatten)]
+    pub group: Option<GroupJson<'a>>,
     /// The stack.
     #[serde(flatten)]
     pub stack: StackJson<'a>,
+}
+
+/// What an entry grouped by `--group-by function|line` adds in JSON.
+#[derive(Serialize)]
+pub struct GroupJson<'a> {
+    /// The key frame (the innermost Python frame, else the innermost native frame with a line,
+    /// else the innermost frame), or null for an entry of stacks with no frame to show.
+    pub location: Option<LocationJson<'a>>,
+    /// How many stacks the entry merges (`diff` has `stacks_before`/`stacks_after` instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_stacks: Option<usize>,
+}
+
+impl<'a> GroupJson<'a> {
+    /// The group fields of an entry whose printed stack is `stack` (its key frame only), when
+    /// grouped by `by`.
+    pub fn of(by: GroupBy, stack: &'a PrintedStack, merged: Option<usize>) -> Option<Self> {
+        by.by_location().then(|| GroupJson {
+            location: stack.frames.first().map(LocationJson::from),
+            merged_stacks: merged,
+        })
+    }
+}
+
+/// Where a grouped entry's stacks meet, in JSON.
+#[derive(Serialize)]
+pub struct LocationJson<'a> {
+    /// Function (a Python frame: its qualified name), or null.
+    pub function: Option<&'a str>,
+    /// Source file (a Python frame: its `co_filename`), or null.
+    pub file: Option<&'a str>,
+    /// Line, or null.
+    pub line: Option<u32>,
+    /// Module path (null for a Python frame).
+    pub module: Option<&'a str>,
+    /// `"python"` or `"native"`.
+    pub kind: &'static str,
+}
+
+impl<'a> From<&'a ResolvedFrame> for LocationJson<'a> {
+    fn from(f: &'a ResolvedFrame) -> Self {
+        LocationJson {
+            function: f.function.as_deref(),
+            file: f.file.as_deref(),
+            line: f.line,
+            module: f.module.as_deref(),
+            kind: f.kind.name(),
+        }
+    }
 }
 
 /// The stack fields of every report entry in JSON (the contract's `stack`, innermost first, and
@@ -128,11 +185,12 @@ pub struct StackJson<'a> {
     pub stack_note: Option<&'static str>,
 }
 
-/// Resolves the stacks a report prints.
+/// Resolves the stacks a report prints, in the `--frames` view.
 pub struct StackPrinter<'a> {
     defs: &'a Definitions,
     symbolizer: Symbolizer<'a>,
     depth: usize,
+    view: FrameView,
 }
 
 impl<'a> StackPrinter<'a> {
@@ -153,53 +211,136 @@ impl<'a> StackPrinter<'a> {
         };
         StackPrinter {
             defs,
-            symbolizer: Symbolizer::new(&defs.modules, options),
+            symbolizer: Symbolizer::new(&defs.modules, options)
+                .with_python_codes(&defs.python_codes),
             depth,
+            view: args.frames,
         }
     }
 
-    /// Every frame of stack `id`, innermost first, inlined frames expanded, never cut (empty for
-    /// stack 0 or an undefined id): what symbolic keys are made of.
+    /// Every frame of stack `id` the view shows, innermost first, inlined frames expanded, never
+    /// cut; and, when there is none, why.
+    fn shown(&mut self, id: u32) -> (Vec<ResolvedFrame>, Option<&'static str>) {
+        if id == 0 {
+            return (Vec::new(), Some("no stack captured"));
+        }
+        let Some(frames) = self.defs.stacks.get(&id) else {
+            return (Vec::new(), Some("stack not defined in the trace"));
+        };
+        let all = self.symbolizer.resolve_stack(frames);
+        let had_frames = !all.is_empty();
+        let shown = view::apply(self.view, all);
+        let note = (had_frames && shown.is_empty()).then(|| self.view.empty_note());
+        (shown, note)
+    }
+
+    /// Every frame of stack `id` the view shows, innermost first, inlined frames expanded, never
+    /// cut (empty for stack 0 or an undefined id).
     pub fn resolve(&mut self, id: u32) -> Vec<ResolvedFrame> {
-        match self.defs.stacks.get(&id) {
-            Some(frames) if id != 0 => self.symbolizer.resolve_stack(frames),
-            _ => Vec::new(),
+        self.shown(id).0
+    }
+
+    /// The symbolic key of stack `id` (`key.rs`) in the view: `(no stack)` for stack 0 or an
+    /// undefined id, `(no python frames)` for a stack the view leaves empty.
+    pub fn key(&mut self, id: u32, by: GroupBy, executable: &str) -> Key {
+        if by.by_location() && id != 0 && self.defs.stacks.contains_key(&id) {
+            // Only the key frame matters: resolve no more of the stack than it takes to find it
+            // (grouping resolves every stack of a report, often deep Python ones).
+            let found = self.location_frame(id, by);
+            debug_assert_eq!(
+                found,
+                {
+                    let (frames, _) = self.shown(id);
+                    key::location(&frames, by).map(|at| frames[at].clone())
+                },
+                "stack {id}"
+            );
+            return match found {
+                Some(frame) => key::key(std::slice::from_ref(&frame), by, executable),
+                None => match self.defs.stacks.get(&id) {
+                    Some(raw) if !raw.is_empty() => {
+                        key::note_key(&format!("({})", self.view.empty_note()))
+                    }
+                    _ => key::key(&[], by, executable),
+                },
+            };
+        }
+        match self.shown(id) {
+            (frames, Some(note)) if frames.is_empty() && self.defs.stacks.contains_key(&id) => {
+                key::note_key(&format!("({note})"))
+            }
+            (frames, _) => key::key(&frames, by, executable),
         }
     }
 
-    /// [`StackPrinter::stack`] with at most `frames` frames (0: the printer's depth).
-    pub fn stack_cut(&mut self, id: u32, frames: usize) -> PrintedStack {
-        let mut s = self.stack(id);
-        if frames > 0 && s.frames.len() > frames {
-            s.omitted += s.frames.len() - frames;
-            s.frames.truncate(frames);
+    /// [`key::location`]'s frame of the view of stack `id` (a defined one), resolving only the
+    /// frames before it. In a stack with Python frames shown, it is the first of them (hiding
+    /// evaluation frames never hides one); otherwise nothing is hidden among the frames shown,
+    /// so it is their first frame (`function`), or the first with a file and a line (`line`) and
+    /// failing that their first.
+    fn location_frame(&mut self, id: u32, by: GroupBy) -> Option<ResolvedFrame> {
+        let raw = self.defs.stacks.get(&id)?;
+        let has_python = raw.iter().any(|f| f.as_python().is_some());
+        let python_first = has_python && self.view != FrameView::Native;
+        let mut first = None;
+        for &f in raw.iter() {
+            let is_python = f.as_python().is_some();
+            let shown = match self.view {
+                FrameView::Python => is_python,
+                FrameView::Native => !is_python,
+                FrameView::Merged => true,
+            };
+            if !shown || (python_first && !is_python) {
+                continue;
+            }
+            let resolved = self.symbolizer.resolve(f);
+            if python_first || by == GroupBy::Function {
+                return resolved.first().cloned();
+            }
+            if let Some(r) = resolved
+                .iter()
+                .find(|r| r.file.is_some() && r.line.is_some())
+            {
+                return Some(r.clone());
+            }
+            if first.is_none() {
+                first = resolved.first().cloned();
+            }
         }
-        s
+        first
     }
 
     /// The printable form of stack `id`.
     pub fn stack(&mut self, id: u32) -> PrintedStack {
-        if id == 0 {
-            return PrintedStack {
-                frames: Vec::new(),
-                omitted: 0,
-                note: Some("no stack captured"),
-            };
-        }
-        let Some(frames) = self.defs.stacks.get(&id) else {
-            return PrintedStack {
-                frames: Vec::new(),
-                omitted: 0,
-                note: Some("stack not defined in the trace"),
-            };
-        };
-        let mut frames = self.symbolizer.resolve_stack(frames);
+        let (mut frames, note) = self.shown(id);
         let omitted = frames.len().saturating_sub(self.depth);
         frames.truncate(self.depth);
         PrintedStack {
             frames,
             omitted,
-            note: None,
+            note,
+        }
+    }
+
+    /// What an entry of stack `id` prints when grouped `by`: the whole stack for `stack`, else its
+    /// key frame alone ([`key::location`]), the other frames counted as omitted.
+    pub fn entry_stack(&mut self, id: u32, by: GroupBy) -> PrintedStack {
+        if !by.by_location() {
+            return self.stack(id);
+        }
+        let (frames, note) = self.shown(id);
+        let total = frames.len();
+        match key::location(&frames, by) {
+            Some(at) => PrintedStack {
+                frames: vec![frames[at].clone()],
+                omitted: total - 1,
+                note,
+            },
+            None => PrintedStack {
+                frames: Vec::new(),
+                omitted: 0,
+                note,
+            },
         }
     }
 
@@ -232,10 +373,57 @@ pub fn print_stacks(
     err: &mut dyn Write,
 ) -> (Vec<PrintedStack>, Vec<String>) {
     let mut printer = StackPrinter::new(defs, symbols, format);
-    let stacks = ids.into_iter().map(|id| printer.stack(id)).collect();
+    print_entries(&mut printer, ids, GroupBy::Stack, err)
+}
+
+/// [`print_stacks`] with a printer already in use, for entries grouped `by`
+/// ([`StackPrinter::entry_stack`]).
+pub fn print_entries(
+    printer: &mut StackPrinter<'_>,
+    ids: impl IntoIterator<Item = u32>,
+    by: GroupBy,
+    err: &mut dyn Write,
+) -> (Vec<PrintedStack>, Vec<String>) {
+    let stacks = ids
+        .into_iter()
+        .map(|id| printer.entry_stack(id, by))
+        .collect();
     let warnings = printer.take_warnings();
     warn(err, &warnings);
     (stacks, warnings)
+}
+
+/// Groups a report's stacks `ids` (in rank order) by their key in `by`: the indices into `ids` of
+/// each group's stacks, groups in order of their first (best ranked) stack, which represents the
+/// group. The keys come from the printer's view; `executable` names the traced program (`key.rs`).
+pub fn group(
+    printer: &mut StackPrinter<'_>,
+    ids: &[u32],
+    by: GroupBy,
+    executable: &str,
+) -> Vec<Vec<usize>> {
+    let mut index: BTreeMap<Key, usize> = BTreeMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, &id) in ids.iter().enumerate() {
+        let k = printer.key(id, by, executable);
+        let g = *index.entry(k).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// The report's entries in text: `5 stacks`, or grouped `5 stacks in 3 functions`, `5 stacks at
+/// 3 lines`.
+pub fn stacks_text(stacks: usize, groups: usize, by: GroupBy) -> String {
+    let s = render::counted(stacks as u64, "stack");
+    match by {
+        GroupBy::Stack => s,
+        GroupBy::Function => format!("{s} in {}", render::counted(groups as u64, "function")),
+        GroupBy::Line => format!("{s} at {}", render::counted(groups as u64, "line")),
+    }
 }
 
 /// Writes a stack's lines under a table row.

@@ -1,14 +1,15 @@
 //! `snapshot TRACE@POINT`: the live heap at one point of a trace (a mark, a time, the peak, the
 //! end), grouped by the stack that allocated each block, largest first; text or JSON shaped like
 //! `leaks`. The replay stops mattering after the point, but the pass reads the whole trace, since
-//! a label's absence is only known at the end.
+//! a label's absence is only known at the end. With `--group-by function|line` the stacks of one
+//! key frame are one entry (as in `top`).
 
 use crate::ExitCode;
 use crate::capture::{self, Live, Request};
 use crate::cli::SnapshotArgs;
 use crate::point::parse_trace_point;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, EntryJson};
+use crate::report::{self, EntryJson, GroupJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -25,18 +26,31 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
     let captured = capture::capture(&trace, &name, &req)?;
     report::warn(err, &captured.warnings);
     let snap = &captured.snapshots[0];
-    let mut ranked: Vec<Live> = snap.stacks.clone();
-    ranked.sort_by(|a, b| {
-        (b.bytes, b.count)
-            .cmp(&(a.bytes, a.count))
-            .then(a.stack.cmp(&b.stack))
-    });
+    let mut ranked: Vec<(Live, usize)> = snap.stacks.iter().map(|&l| (l, 1)).collect();
+    sort(&mut ranked);
+    let stack_count = ranked.len();
+    let mut printer = StackPrinter::new(&captured.defs, &args.symbols, args.format);
+    if args.group_by.by_location() {
+        let ids: Vec<u32> = ranked.iter().map(|l| l.0.stack).collect();
+        let executable = &trace.header().executable;
+        ranked = report::group(&mut printer, &ids, args.group_by, executable)
+            .into_iter()
+            .map(|members| {
+                let mut g = ranked[members[0]].0;
+                for &i in &members[1..] {
+                    g.bytes = g.bytes.wrapping_add(ranked[i].0.bytes);
+                    g.count += ranked[i].0.count;
+                }
+                (g, members.len())
+            })
+            .collect();
+        sort(&mut ranked);
+    }
     let shown = report::shown(args.limit, args.format, ranked.len());
-    let (stacks, sym_warnings) = report::print_stacks(
-        &captured.defs,
-        &args.symbols,
-        args.format,
-        ranked[..shown].iter().map(|l| l.stack),
+    let (stacks, sym_warnings) = report::print_entries(
+        &mut printer,
+        ranked[..shown].iter().map(|l| l.0.stack),
+        args.group_by,
         err,
     );
     let point = snap.point.to_string();
@@ -56,21 +70,30 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
                 render::duration(snap.time_ns),
                 render::bytes(snap.live_bytes),
                 render::counted(snap.live_count, "block"),
-                render::counted(ranked.len() as u64, "stack"),
+                report::stacks_text(stack_count, ranked.len(), args.group_by),
                 stacks.len()
             )?;
             writeln!(out)?;
-            let mut table = Table::new(&[
+            let grouped = args.group_by.by_location();
+            let mut columns = vec![
                 ("#", Align::Right),
                 ("live", Align::Right),
                 ("blocks", Align::Right),
-            ]);
-            for (i, l) in ranked[..shown].iter().enumerate() {
-                table.row(vec![
+            ];
+            if grouped {
+                columns.push(("stacks", Align::Right));
+            }
+            let mut table = Table::new(&columns);
+            for (i, (l, merged)) in ranked[..shown].iter().enumerate() {
+                let mut row = vec![
                     (i + 1).to_string(),
                     render::bytes(l.bytes),
                     render::count(l.count),
-                ]);
+                ];
+                if grouped {
+                    row.push(render::count(*merged as u64));
+                }
+                table.row(row);
             }
             report::write_table_with_stacks(out, &table, &stacks)?;
         }
@@ -80,20 +103,23 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
             let doc = SnapshotJson {
                 trace: &name,
                 point: &point,
+                group_by: args.group_by.name(),
                 time_ns: snap.time_ns,
                 live_bytes: snap.live_bytes,
                 live_count: snap.live_count,
-                stacks: ranked.len(),
+                stacks: stack_count,
+                groups: args.group_by.by_location().then_some(ranked.len()),
                 entries: ranked[..shown]
                     .iter()
                     .zip(&stacks)
                     .enumerate()
-                    .map(|(i, (l, s))| EntryJson {
+                    .map(|(i, ((l, merged), s))| EntryJson {
                         rank: i + 1,
                         stack_id: l.stack,
                         bytes: l.bytes,
                         count: l.count,
                         extra: NoExtra {},
+                        group: GroupJson::of(args.group_by, s, Some(*merged)),
                         stack: s.json(),
                     })
                     .collect(),
@@ -111,14 +137,19 @@ struct SnapshotJson<'a> {
     trace: &'a str,
     /// The point as written after `@` (`end` for a bare trace).
     point: &'a str,
+    /// `stack`, `function` or `line`.
+    group_by: &'static str,
     /// When the point is, ns since the start.
     time_ns: u64,
     /// Bytes live at the point.
     live_bytes: u64,
     /// Blocks live at the point.
     live_count: u64,
-    /// Stacks with live blocks (entries holds the first `-n` of them).
+    /// Stacks with live blocks (entries holds the first `-n` of them, or of `groups`).
     stacks: usize,
+    /// With `--group-by function|line`: the entries those stacks make.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<usize>,
     entries: Vec<EntryJson<'a, NoExtra>>,
     warnings: Vec<String>,
 }
@@ -126,3 +157,12 @@ struct SnapshotJson<'a> {
 /// `snapshot` entries have no fields of their own: `bytes` and `count` are live at the point.
 #[derive(Serialize)]
 struct NoExtra {}
+
+/// Largest first (bytes, then blocks), then by stack id.
+fn sort(ranked: &mut [(Live, usize)]) {
+    ranked.sort_by(|(a, _), (b, _)| {
+        (b.bytes, b.count)
+            .cmp(&(a.bytes, a.count))
+            .then(a.stack.cmp(&b.stack))
+    });
+}

@@ -103,6 +103,8 @@ struct SummaryJson<'a> {
     inherited_freed: u64,
     stacks: u64,
     modules: u64,
+    /// Python code records (format version 2).
+    python_codes: u64,
     module_unloads: u64,
     records: u64,
     marks: Vec<MarkJson<'a>>,
@@ -158,6 +160,7 @@ fn to_json<'a>(name: &'a str, s: &'a Summary) -> SummaryJson<'a> {
         inherited_freed: t.inherited_freed,
         stacks: t.stacks,
         modules: t.modules,
+        python_codes: t.python_codes,
         module_unloads: t.module_unloads,
         records: t.records,
         marks: t

@@ -1,12 +1,15 @@
 //! `top`: stacks ranked by one measure (allocated bytes, allocation calls, bytes live at the global
 //! peak, bytes leaked, temporary allocations), each with its other measures and its symbolized stack.
 //! Ranking order is fixed: the measure descending, then count, then bytes descending, then stack id.
+//! With `--group-by function|line` the stacks of one key frame (`key.rs`) are one entry, their
+//! measures summed, ranked the same way (by the id of the group's best-ranked stack last).
 
 use crate::ExitCode;
 use crate::cli::{Measure, TopArgs};
 use crate::heap::{StackStats, StackTable};
+use crate::key::GroupBy;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, Analysis, EntryJson, PrintedStack};
+use crate::report::{self, Analysis, EntryJson, GroupJson, PrintedStack, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -22,6 +25,8 @@ pub struct Ranked {
     pub count: u64,
     /// All of the stack's statistics.
     pub stats: StackStats,
+    /// Stacks merged into this entry (1 for a stack of its own).
+    pub merged: usize,
 }
 
 /// `(bytes, count)` of `by` for one stack.
@@ -45,9 +50,15 @@ pub fn rank(stacks: &StackTable, by: Measure) -> Vec<Ranked> {
                 bytes,
                 count,
                 stats: *s,
+                merged: 1,
             })
         })
         .collect();
+    sort(&mut v, by);
+    v
+}
+
+fn sort(v: &mut [Ranked], by: Measure) {
     let by_count = matches!(by, Measure::Count | Measure::Temporary);
     v.sort_by(|a, b| {
         let key = |r: &Ranked| {
@@ -59,7 +70,36 @@ pub fn rank(stacks: &StackTable, by: Measure) -> Vec<Ranked> {
         };
         key(b).cmp(&key(a)).then(a.stack.cmp(&b.stack))
     });
-    v
+}
+
+/// `ranked` (by `by`) with the stacks of one key (`group_by`, in the printer's view) merged into
+/// one entry, its statistics summed, represented by its best-ranked stack; ranked again. Unchanged
+/// for `--group-by stack`.
+pub fn group(
+    ranked: Vec<Ranked>,
+    by: Measure,
+    group_by: GroupBy,
+    printer: &mut StackPrinter<'_>,
+    executable: &str,
+) -> Vec<Ranked> {
+    if !group_by.by_location() {
+        return ranked;
+    }
+    let ids: Vec<u32> = ranked.iter().map(|r| r.stack).collect();
+    let mut grouped: Vec<Ranked> = report::group(printer, &ids, group_by, executable)
+        .into_iter()
+        .map(|members| {
+            let mut g = ranked[members[0]];
+            for &i in &members[1..] {
+                g.stats.add(&ranked[i].stats);
+            }
+            (g.bytes, g.count) = measure(by, &g.stats);
+            g.merged = members.len();
+            g
+        })
+        .collect();
+    sort(&mut grouped, by);
+    grouped
 }
 
 /// Runs `top`.
@@ -68,43 +108,50 @@ pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<E
     let analysis = report::analyze(&trace, &args.trace.trace);
     report::warn(err, &analysis.warnings);
     let ranked = rank(&analysis.stacks, args.by);
-    let shown = report::shown(Some(args.limit), args.format, ranked.len());
-    let (stacks, sym_warnings) = report::print_stacks(
-        &analysis.defs,
-        &args.symbols,
-        args.format,
-        ranked[..shown].iter().map(|r| r.stack),
-        err,
-    );
+    let stack_count = ranked.len();
     let (total_bytes, total_count) = ranked.iter().fold((0u64, 0u64), |(b, c), r| {
         (b.wrapping_add(r.bytes), c + r.count)
     });
+    let mut printer = StackPrinter::new(&analysis.defs, &args.symbols, args.format);
+    let executable = &trace.header().executable;
+    let ranked = group(ranked, args.by, args.group_by, &mut printer, executable);
+    let shown = report::shown(Some(args.limit), args.format, ranked.len());
+    let (stacks, sym_warnings) = report::print_entries(
+        &mut printer,
+        ranked[..shown].iter().map(|r| r.stack),
+        args.group_by,
+        err,
+    );
     let name = args.trace.trace.display().to_string();
     match args.format {
         Format::Text => write_text(
             out,
             args.by,
+            args.group_by,
             &analysis,
-            &ranked,
+            (&ranked, stack_count),
             &stacks,
             (total_bytes, total_count),
         )?,
         Format::Json => {
             let mut warnings = analysis.warnings.clone();
             warnings.extend(sym_warnings);
+            let grouped = args.group_by.by_location();
             let doc = TopJson {
                 trace: &name,
                 measure: args.by.name(),
+                group_by: args.group_by.name(),
                 total_bytes,
                 total_count,
-                stacks: ranked.len(),
+                stacks: stack_count,
+                groups: grouped.then_some(ranked.len()),
                 peak_live_bytes: analysis.totals.peak_live_bytes,
                 peak_time_ns: analysis.totals.peak_time_ns,
                 entries: ranked[..shown]
                     .iter()
                     .zip(&stacks)
                     .enumerate()
-                    .map(|(i, (r, s))| entry_json(i + 1, r, s))
+                    .map(|(i, (r, s))| entry_json(i + 1, r, s, args.group_by))
                     .collect(),
                 warnings,
             };
@@ -120,12 +167,17 @@ struct TopJson<'a> {
     trace: &'a str,
     /// The measure ranked by.
     measure: &'static str,
+    /// `stack`, `function` or `line`.
+    group_by: &'static str,
     /// Sum of the measure's bytes over all stacks.
     total_bytes: u64,
     /// Sum of the measure's counts over all stacks.
     total_count: u64,
-    /// Stacks with a non-zero measure (entries holds the first `-n` of them).
+    /// Stacks with a non-zero measure (entries holds the first `-n` of them, or of `groups`).
     stacks: usize,
+    /// With `--group-by function|line`: the entries those stacks make.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<usize>,
     peak_live_bytes: u64,
     peak_time_ns: u64,
     entries: Vec<EntryJson<'a, TopExtra>>,
@@ -145,7 +197,12 @@ struct TopExtra {
     temporary_count: u64,
 }
 
-fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a, TopExtra> {
+fn entry_json<'a>(
+    rank: usize,
+    r: &Ranked,
+    s: &'a PrintedStack,
+    by: GroupBy,
+) -> EntryJson<'a, TopExtra> {
     EntryJson {
         rank,
         stack_id: r.stack,
@@ -161,6 +218,7 @@ fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a,
             temporary_bytes: r.stats.temporary_bytes,
             temporary_count: r.stats.temporary_count,
         },
+        group: GroupJson::of(by, s, Some(r.merged)),
         stack: s.json(),
     }
 }
@@ -168,8 +226,9 @@ fn entry_json<'a>(rank: usize, r: &Ranked, s: &'a PrintedStack) -> EntryJson<'a,
 fn write_text(
     out: &mut dyn Write,
     by: Measure,
+    group_by: GroupBy,
     a: &Analysis,
-    ranked: &[Ranked],
+    (ranked, stack_count): (&[Ranked], usize),
     stacks: &[PrintedStack],
     (total_bytes, total_count): (u64, u64),
 ) -> Result<()> {
@@ -198,33 +257,48 @@ fn write_text(
         writeln!(out, "No stack has any {what}.")?;
         return Ok(());
     }
+    let of = match group_by {
+        GroupBy::Stack => render::counted(stack_count as u64, "stack"),
+        _ => format!(
+            "{} ({})",
+            render::counted(ranked.len() as u64, group_by.noun()),
+            render::counted(stack_count as u64, "stack")
+        ),
+    };
     writeln!(
         out,
-        "Top {} of {} by {what}; all stacks allocated {} in {}",
+        "Top {} of {of} by {what}; all stacks allocated {} in {}",
         stacks.len(),
-        render::counted(ranked.len() as u64, "stack"),
         render::bytes(t.total_allocated_bytes),
         render::counted(t.alloc_calls, "call")
     )?;
     writeln!(out)?;
-    let mut table = Table::new(&[
+    let mut columns = vec![
         ("#", Align::Right),
         ("allocated", Align::Right),
         ("calls", Align::Right),
         ("peak", Align::Right),
         ("leaked", Align::Right),
         ("temporary", Align::Right),
-    ]);
+    ];
+    if group_by.by_location() {
+        columns.push(("stacks", Align::Right));
+    }
+    let mut table = Table::new(&columns);
     for (i, r) in ranked.iter().take(stacks.len()).enumerate() {
         let s = &r.stats;
-        table.row(vec![
+        let mut row = vec![
             (i + 1).to_string(),
             render::bytes(s.alloc_bytes),
             render::count(s.alloc_count),
             render::bytes(s.peak_bytes),
             render::bytes(s.live_bytes),
             render::count(s.temporary_count),
-        ]);
+        ];
+        if group_by.by_location() {
+            row.push(render::count(r.merged as u64));
+        }
+        table.row(row);
     }
     report::write_table_with_stacks(out, &table, stacks)
 }

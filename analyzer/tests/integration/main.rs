@@ -19,3 +19,7 @@ mod reports;
 mod hostile;
 // Symbolization of a real binary built with gcc.
 mod symbols;
+// The Python line decoder against every CPython's own answers.
+mod python_lines;
+// Python frames in every report: views, grouping by Python line, kinds, version 1 unchanged.
+mod python;
