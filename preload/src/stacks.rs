@@ -12,10 +12,11 @@ use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
 use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder};
 use std::collections::HashMap;
 
-/// Slots in each thread's recent-stacks cache (a power of two).
-const CACHE_SLOTS: usize = 1024;
+/// Slots in each thread's recent-stacks cache (a power of two), in sets of two.
+const CACHE_SLOTS: usize = 4096;
 
-/// A thread's recently seen stacks: hash → id, direct-mapped.
+/// A thread's recently seen stacks: hash → id, two-way set-associative, so that a few hundred
+/// stacks in turn do not keep evicting each other.
 pub struct StackCache {
     slots: Box<[(u64, u32)]>,
 }
@@ -33,16 +34,29 @@ impl StackCache {
         self.slots.fill((0, 0));
     }
 
+    #[inline(always)]
+    fn set(hash: u64) -> usize {
+        (hash as usize) & (CACHE_SLOTS - 2)
+    }
+
     /// The id of a stack this thread saw recently.
     #[inline]
     pub fn get(&self, hash: u64) -> Option<u32> {
-        let (h, id) = self.slots[(hash as usize) & (CACHE_SLOTS - 1)];
-        (h == hash).then_some(id)
+        let i = Self::set(hash);
+        let (h0, id0) = self.slots[i];
+        if h0 == hash {
+            return Some(id0);
+        }
+        let (h1, id1) = self.slots[i + 1];
+        (h1 == hash).then_some(id1)
     }
 
+    /// Puts `hash` first in its set; the entry it displaces moves to the second place.
     #[inline]
     fn put(&mut self, hash: u64, id: u32) {
-        self.slots[(hash as usize) & (CACHE_SLOTS - 1)] = (hash, id);
+        let i = Self::set(hash);
+        self.slots[i + 1] = self.slots[i];
+        self.slots[i] = (hash, id);
     }
 }
 
