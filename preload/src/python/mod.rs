@@ -144,8 +144,27 @@ pub fn check_pending() -> bool {
     STATUS.load(Ordering::Relaxed) == UNCHECKED
 }
 
+/// Whether the process looks like CPython: its executable is named `python...` or it has loaded a
+/// `libpython...`. Only then is the interpreter looked up: a `dlsym` that fails leaves an error
+/// string allocated by glibc, which the program would later free without our having seen it.
+fn looks_like_python() -> bool {
+    let named_python = |path: &[u8]| {
+        let name = path.rsplit(|&c| c == b'/').next().unwrap_or(path);
+        name.starts_with(b"python") || name.starts_with(b"libpython")
+    };
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|p| named_python(p.as_os_str().as_encoded_bytes()))
+        .unwrap_or(false);
+    exe || crate::loader::loaded_objects()
+        .iter()
+        .any(|o| named_python(o.name.as_bytes()))
+}
+
 /// `Py_GetVersion()`'s string, if the process has a Python interpreter.
 fn version_string() -> Option<Vec<u8>> {
+    if !looks_like_python() {
+        return None;
+    }
     let f = symbol(c"Py_GetVersion")?;
     // SAFETY: `Py_GetVersion` takes no arguments and returns a pointer to a NUL-terminated string
     // in a static buffer (it formats into it; it does not allocate and needs no interpreter).
@@ -180,7 +199,18 @@ fn find_interp(layout: &'static Layout) -> Option<Interp> {
 fn symbol(name: &CStr) -> Option<usize> {
     // SAFETY: dlsym looks a NUL-terminated name up in the global scope.
     let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
-    (!p.is_null()).then_some(p as usize)
+    if p.is_null() {
+        // A failed lookup leaves an error string that glibc frees at the next dlerror (or dl*)
+        // call, maybe the program's, traced: release it now, inside the tracer.
+        // SAFETY: dlerror takes no arguments; the first call hands the string over, the second
+        // frees it.
+        unsafe {
+            libc::dlerror();
+            libc::dlerror();
+        }
+        return None;
+    }
+    Some(p as usize)
 }
 
 /// The size of the function at `addr`, from its symbol table entry.
