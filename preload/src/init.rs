@@ -211,6 +211,7 @@ fn start() {
     if let Some(changes) = changes {
         record::modules_changed(&changes);
     }
+    python::after_start();
     if !quiet {
         write_stderr(&format!("memtrace: writing trace to {output}\n"));
     }

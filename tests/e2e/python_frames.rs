@@ -213,7 +213,10 @@ fn python_frames_can_be_turned_off() {
     assert!(!entries.is_empty());
     for e in entries {
         for f in e["stack"].as_array().expect("stack") {
-            assert_eq!(f["kind"], "native", "MEMTRACE_PYTHON=0 left a Python frame: {f}");
+            assert_eq!(
+                f["kind"], "native",
+                "MEMTRACE_PYTHON=0 left a Python frame: {f}"
+            );
         }
     }
     assert_eq!(traced.summary().get("python_codes"), 0);

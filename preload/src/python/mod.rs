@@ -20,7 +20,7 @@ pub mod frames;
 pub mod layout;
 
 use core::ffi::{CStr, c_void};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use layout::Layout;
 use std::sync::OnceLock;
 
@@ -80,8 +80,11 @@ pub fn start(frames_setting: Option<&str>, pymalloc_setting: Option<&str>, cmdli
     let Some(version) = version_string() else {
         return;
     };
-    if pymalloc_setting != Some("keep") {
-        use_malloc_for_objects(cmdline);
+    if pymalloc_setting != Some("keep") && env_unset(c"PYTHONMALLOC") {
+        WANT_MALLOC.store(true, Ordering::Relaxed);
+        if ignores_environment(cmdline) {
+            allocator::want();
+        }
     }
     if frames_setting == Some("0") {
         return;
@@ -242,22 +245,32 @@ fn symbol_size(addr: usize) -> Option<u64> {
     (size > 0).then_some(size)
 }
 
+/// `PYTHONMALLOC=malloc` is to be set once tracing is on (`start` found a Python process and the
+/// variable unset).
+static WANT_MALLOC: AtomicBool = AtomicBool::new(false);
+
+fn env_unset(name: &CStr) -> bool {
+    // SAFETY: getenv with a NUL-terminated name, at start-up.
+    unsafe { libc::getenv(name.as_ptr()).is_null() }
+}
+
 /// Small objects come from pymalloc's own arenas, which malloc never sees: unless the user chose an
 /// allocator, `PYTHONMALLOC=malloc` makes the interpreter (which reads it after our constructor)
 /// serve them with malloc. `-E` and `-I` make it ignore the variable: then pymalloc is wrapped
 /// instead, once the interpreter runs (`allocator.rs`).
-fn use_malloc_for_objects(cmdline: &[String]) {
-    // SAFETY: getenv/setenv with NUL-terminated strings, from start-up: the program's main has not
-    // run, so no other thread reads the environment yet.
-    unsafe {
-        if !libc::getenv(c"PYTHONMALLOC".as_ptr()).is_null() {
-            return;
-        }
-        libc::setenv(c"PYTHONMALLOC".as_ptr(), c"malloc".as_ptr(), 0);
+///
+/// Called once tracing is on, from inside the tracer: `setenv` allocates the new environment array,
+/// which the program may later `realloc` (by setting a variable of its own), so its allocation must
+/// be in the trace like any other. It is made with the tracer's guard lifted.
+pub fn after_start() {
+    if !WANT_MALLOC.swap(false, Ordering::Relaxed) {
+        return;
     }
-    if ignores_environment(cmdline) {
-        allocator::want();
-    }
+    crate::guard::release();
+    // SAFETY: setenv with NUL-terminated strings, from start-up: the program's main has not run
+    // and no other thread reads the environment yet.
+    unsafe { libc::setenv(c"PYTHONMALLOC".as_ptr(), c"malloc".as_ptr(), 0) };
+    crate::guard::hold();
 }
 
 /// Whether a Python command line has `-E` or `-I` among the interpreter's options (those before the
