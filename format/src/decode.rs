@@ -6,8 +6,7 @@
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::record::{
     AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, Frame, GRANULE, MAX_CHUNK_SIZE, MAX_FRAMES,
-    MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, MAX_PY_CODE_RECORD_LEN, ModuleInfo, PyCodeInfo, Record,
-    tag,
+    MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, MAX_PY_CODE_RECORD_LEN, Record, tag,
 };
 use crate::varint::{read_delta, read_u64, unzigzag};
 
@@ -66,6 +65,22 @@ fn read_bytes<'a>(data: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
     let bytes = data.get(*pos..end)?;
     *pos = end;
     Some(bytes)
+}
+
+/// A length-prefixed bincode payload of at most `limit` bytes (module and Python code records).
+fn read_payload<T: serde::de::DeserializeOwned>(
+    data: &[u8],
+    pos: &mut usize,
+    limit: usize,
+) -> Option<T> {
+    let len = usize::try_from(read_u64(data, pos)?).ok()?;
+    if len > limit {
+        return None;
+    }
+    let end = pos.checked_add(len)?;
+    let value = bincode_read(data.get(*pos..end)?)?;
+    *pos = end;
+    Some(value)
 }
 
 #[inline(always)]
@@ -266,26 +281,8 @@ fn decode_other_record(
             stack.clone_from(&frames);
             Record::Stack { id, frames }
         }
-        tag::MODULE => {
-            let len = usize::try_from(read_u64(data, p)?).ok()?;
-            if len > MAX_MODULE_RECORD_LEN {
-                return None;
-            }
-            let end = p.checked_add(len)?;
-            let module: ModuleInfo = bincode_read(data.get(*p..end)?)?;
-            *p = end;
-            Record::Module(module)
-        }
-        tag::PY_CODE => {
-            let len = usize::try_from(read_u64(data, p)?).ok()?;
-            if len > MAX_PY_CODE_RECORD_LEN {
-                return None;
-            }
-            let end = p.checked_add(len)?;
-            let code: PyCodeInfo = bincode_read(data.get(*p..end)?)?;
-            *p = end;
-            Record::PyCode(code)
-        }
+        tag::MODULE => Record::Module(read_payload(data, p, MAX_MODULE_RECORD_LEN)?),
+        tag::PY_CODE => Record::PyCode(read_payload(data, p, MAX_PY_CODE_RECORD_LEN)?),
         tag::MODULE_UNLOAD => {
             *time = time.wrapping_add(read_u64(data, p)?);
             Record::ModuleUnload {

@@ -183,13 +183,18 @@ pub fn encode_stack(
     Some(n)
 }
 
-/// Encodes a module record (FORMAT.md §4.6) from its bincode payload ([`module_payload`]).
-pub fn encode_module(out: &mut [u8], payload: &[u8]) -> Option<usize> {
+/// Encodes a record that is a length-prefixed bincode payload (modules, Python code).
+fn encode_payload(out: &mut [u8], record_tag: u8, payload: &[u8]) -> Option<usize> {
     let mut pos = 1;
     write_u64(out, &mut pos, payload.len() as u64)?;
     let end = pos.checked_add(payload.len())?;
     out.get_mut(pos..end)?.copy_from_slice(payload);
-    seal(out, tag::MODULE, end)
+    seal(out, record_tag, end)
+}
+
+/// Encodes a module record (FORMAT.md §4.6) from its bincode payload ([`module_payload`]).
+pub fn encode_module(out: &mut [u8], payload: &[u8]) -> Option<usize> {
+    encode_payload(out, tag::MODULE, payload)
 }
 
 /// The bincode payload of a module record.
@@ -200,11 +205,7 @@ pub fn module_payload(module: &ModuleInfo) -> Vec<u8> {
 
 /// Encodes a Python code record (FORMAT.md §4.11) from its bincode payload ([`py_code_payload`]).
 pub fn encode_py_code(out: &mut [u8], payload: &[u8]) -> Option<usize> {
-    let mut pos = 1;
-    write_u64(out, &mut pos, payload.len() as u64)?;
-    let end = pos.checked_add(payload.len())?;
-    out.get_mut(pos..end)?.copy_from_slice(payload);
-    seal(out, tag::PY_CODE, end)
+    encode_payload(out, tag::PY_CODE, payload)
 }
 
 /// The bincode payload of a Python code record; a line table that would make it longer than

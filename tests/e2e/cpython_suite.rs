@@ -30,7 +30,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use memtrace_tests::{Output, Program, Summary, analyze, run_plain, run_traced};
+use memtrace_tests::{Output, Program, Summary, run_plain, run_traced};
 
 /// The modules of the acceptance line, in the order regrtest runs them.
 const MODULES: [&str; 10] = [
@@ -323,20 +323,7 @@ fn summaries(traces: &[PathBuf], what: &str) -> Vec<TraceSummary> {
 
 /// `summary --format json` of `trace`, which must exit 0 and print JSON with a warnings array.
 fn summarize(trace: &Path, what: &str) -> TraceSummary {
-    let out = analyze(&[
-        "summary".as_ref(),
-        trace.as_os_str(),
-        "--format".as_ref(),
-        "json".as_ref(),
-    ]);
-    out.assert_code(0, &format!("{what}: summary of {}", trace.display()));
-    let summary = Summary(serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: summary of {} is not JSON ({e}):\n{}",
-            trace.display(),
-            out.stdout
-        )
-    }));
+    let (summary, stderr) = memtrace_tests::summary_of(trace, what);
     assert!(
         summary.0["warnings"].is_array(),
         "{what}: summary of {} has no warnings array:\n{:#}",
@@ -354,7 +341,7 @@ fn summarize(trace: &Path, what: &str) -> TraceSummary {
                     .collect()
             })
             .unwrap_or_default(),
-        analyzer_stderr: out.stderr,
+        analyzer_stderr: stderr,
         summary,
     }
 }

@@ -45,30 +45,17 @@ fn traces_in(dir: &Path) -> Vec<PathBuf> {
 /// `summary --format json` of `trace`, which must succeed with no warning and an end record: no
 /// process here is killed, so every trace is complete.
 fn clean_summary(trace: &Path, what: &str) -> Summary {
-    let out = analyze(&[
-        "summary".as_ref(),
-        trace.as_os_str(),
-        "--format".as_ref(),
-        "json".as_ref(),
-    ]);
-    out.assert_code(0, &format!("{what}: summary of {}", trace.display()));
-    let summary = Summary(serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{what}: summary of {} is not JSON ({e}):\n{}",
-            trace.display(),
-            out.stdout
-        )
-    }));
+    let (summary, stderr) = memtrace_tests::summary_of(trace, what);
     let warnings = summary.0["warnings"]
         .as_array()
         .unwrap_or_else(|| panic!("{what}: summary has no warnings array:\n{:#}", summary.0));
     assert!(
-        warnings.is_empty() && out.stderr.is_empty(),
+        warnings.is_empty() && stderr.is_empty(),
         "{what}: {} (pid {}, {}) read with warnings: {warnings:?}\n{}",
         trace.display(),
         summary.get("pid"),
         summary.0["cmdline"],
-        out.stderr
+        stderr
     );
     assert_eq!(
         summary.0["ended"].as_bool(),

@@ -531,6 +531,26 @@ pub fn analyze_json<S: AsRef<OsStr>>(args: &[S]) -> Value {
         .unwrap_or_else(|e| panic!("{what}: stdout is not JSON ({e}):\n{}", output.stdout))
 }
 
+/// `memtrace-analyze summary <trace> --format json`, which must exit 0 with JSON on stdout; also
+/// what the analyzer said on stderr.
+pub fn summary_of(trace: &Path, what: &str) -> (Summary, String) {
+    let out = analyze(&[
+        "summary".as_ref(),
+        trace.as_os_str(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ]);
+    out.assert_code(0, &format!("{what}: summary of {}", trace.display()));
+    let summary = Summary(serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: summary of {} is not JSON ({e}):\n{}",
+            trace.display(),
+            out.stdout
+        )
+    }));
+    (summary, out.stderr)
+}
+
 /// `summary --format json`, with typed access to its integer fields.
 #[derive(Debug, Clone)]
 pub struct Summary(pub Value);
