@@ -20,6 +20,7 @@ mod heaptrack;
 mod python;
 mod python_frames;
 mod real_programs;
+mod sampling;
 mod snapshots;
 mod stress;
 mod threads;

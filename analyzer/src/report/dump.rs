@@ -45,7 +45,9 @@ pub fn header_line(version: u32, h: &Header) -> String {
             .as_ref()
             .map_or_else(|| "none".to_owned(), |p| format!("{p:?}")),
         h.tool_version,
-    )
+    ) + &h
+        .sample_bytes
+        .map_or_else(String::new, |n| format!(" sample_bytes={n}"))
 }
 
 /// One record as one line.

@@ -30,6 +30,14 @@ pub fn open(path: &Path, err: &mut dyn Write) -> Result<Trace> {
     // The reader's messages already name the file; no context to add.
     let trace = Trace::open(path)?;
     warn(err, trace.warnings());
+    if let Some(n) = trace.header().sample_bytes {
+        let _ = writeln!(
+            err,
+            "note: {} is a sampled trace (MEMTRACE_SAMPLE_BYTES={n}): the reports count the \
+             allocations it recorded (of s bytes, a share 1 - exp(-s/{n})), not estimates of all",
+            path.display()
+        );
+    }
     Ok(trace)
 }
 
