@@ -63,8 +63,7 @@ pub fn realloc(old: usize, size: usize, new: usize) {
         if !sampled(ts, size) {
             // The new block goes unrecorded; the old one is gone (FORMAT.md §2, sampling).
             if old != 0 {
-                let time = now(w);
-                check(w.write(time, |buf, st| encode_free(buf, st, time, old as u64)));
+                write_free(w, now(w), old);
             }
             return;
         }
@@ -78,10 +77,12 @@ pub fn realloc(old: usize, size: usize, new: usize) {
 
 /// Records that `addr` is about to be freed.
 pub fn free(addr: usize) {
-    with(|_, w| {
-        let time = clock::now_early().max(w.last_time);
-        check(w.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
-    });
+    with(|_, w| write_free(w, clock::now_early().max(w.last_time), addr));
+}
+
+#[inline(always)]
+fn write_free(w: &mut ChunkWriter, time: u64, addr: usize) {
+    check(w.write(time, |buf, st| encode_free(buf, st, time, addr as u64)));
 }
 
 /// Records a named point.
@@ -167,6 +168,8 @@ fn with_python_frames(ts: &mut ThreadState) -> u64 {
 fn self_check(ts: &mut ThreadState) {
     if let Some(interp) = python::claim_check() {
         python::finish_check(python::frames::check(interp, &mut ts.python));
+        // The stack being recorded was hashed without Python frames: it must be written without.
+        ts.python.clear();
     }
 }
 

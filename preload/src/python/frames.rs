@@ -46,6 +46,11 @@ impl PyFrames {
         }
     }
 
+    /// Forgets the last walk.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// The frames of the last walk, innermost first.
     pub fn frames(&self) -> &[RawFrame] {
         &self.frames[..self.len]
@@ -106,7 +111,7 @@ fn read_checked(addr: u64) -> Option<u64> {
 /// Walks the calling thread's Python frames into `out`; returns a hash of them (0 for none).
 #[inline(always)]
 pub fn capture(interp: &Interp, out: &mut PyFrames) -> u64 {
-    out.len = 0;
+    out.clear();
     let tstate = interp.tstate();
     if tstate == 0 {
         return 0;
@@ -221,7 +226,7 @@ fn walk(
 /// `None` when there is nothing to check yet.
 #[cold]
 pub fn check(interp: &Interp, scratch: &mut PyFrames) -> Option<bool> {
-    scratch.len = 0;
+    scratch.clear();
     let tstate = interp.tstate();
     if tstate == 0 {
         return None;
