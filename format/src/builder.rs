@@ -9,8 +9,7 @@ use crate::record::{AllocKind, CHUNK_HEADER_SIZE, Frame, GRANULE, Header, Module
 use std::collections::BTreeMap;
 
 struct OpenChunk {
-    tid: u32,
-    seq: u32,
+    header: ChunkHeader,
     buf: Vec<u8>,
     used: usize,
     st: ChunkState,
@@ -25,17 +24,47 @@ pub struct TraceBuilder {
     chunk_len: usize,
     open: BTreeMap<u32, OpenChunk>,
     last_time: BTreeMap<u32, u64>,
+    /// Write full chunks packed (FORMAT.md §3), as the preload does.
+    pack: bool,
 }
 
 impl TraceBuilder {
-    /// A trace with this header and one-granule chunks.
+    /// A trace with this header and 4096-byte chunks (small, so tests cross chunk boundaries; big
+    /// enough for any record a test builds).
     pub fn new(header: &Header) -> TraceBuilder {
         TraceBuilder {
             out: encode::encode_file_header(header),
-            chunk_len: GRANULE,
+            chunk_len: 4096,
             open: BTreeMap::new(),
             last_time: BTreeMap::new(),
+            pack: false,
         }
+    }
+
+    /// The same trace with every chunk packed with zstd (FORMAT.md §3).
+    pub fn packed(mut self) -> TraceBuilder {
+        self.pack = true;
+        self
+    }
+
+    /// Appends a closed chunk to the file, packed if asked.
+    fn write_chunk(&mut self, mut c: OpenChunk) {
+        if self.pack {
+            let mut zstd = zstd::bulk::Compressor::new(1).expect("a zstd context");
+            zstd.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
+                .expect("zstd takes the checksum flag");
+            let frame = zstd
+                .compress(&c.buf[CHUNK_HEADER_SIZE..c.used])
+                .expect("zstd compresses in memory");
+            let len = (CHUNK_HEADER_SIZE + frame.len()).next_multiple_of(GRANULE);
+            let mut header = c.header;
+            header.len = len as u32;
+            header.packed = frame.len() as u32;
+            c.buf = vec![0u8; len];
+            encode::encode_chunk_header(&mut c.buf, &header);
+            c.buf[CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + frame.len()].copy_from_slice(&frame);
+        }
+        self.out.extend_from_slice(&c.buf);
     }
 
     /// A header for tests: pid 1, executable `/test`.
@@ -55,8 +84,9 @@ impl TraceBuilder {
 
     fn flush(&mut self, thread: u32) {
         if let Some(c) = self.open.remove(&thread) {
-            self.out.extend_from_slice(&c.buf);
-            self.open_next(thread, c.tid, c.seq + 1);
+            let (tid, seq) = (c.header.tid, c.header.seq);
+            self.write_chunk(c);
+            self.open_next(thread, tid, seq + 1);
         }
     }
 
@@ -69,13 +99,13 @@ impl TraceBuilder {
             tid,
             seq,
             base_time,
+            packed: 0,
         };
         encode::encode_chunk_header(&mut buf, &header);
         self.open.insert(
             thread,
             OpenChunk {
-                tid,
-                seq,
+                header,
                 buf,
                 used: CHUNK_HEADER_SIZE,
                 st: ChunkState::new(base_time),
@@ -191,7 +221,7 @@ impl TraceBuilder {
     pub fn finish(mut self) -> Vec<u8> {
         let open = std::mem::take(&mut self.open);
         for (_, c) in open {
-            self.out.extend_from_slice(&c.buf);
+            self.write_chunk(c);
         }
         self.out
     }

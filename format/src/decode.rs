@@ -5,8 +5,8 @@
 
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::record::{
-    AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, Frame, GRANULE, MAX_CHUNK_SIZE, MAX_FRAMES,
-    MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, MAX_PY_CODE_RECORD_LEN, Record, tag,
+    AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, FREE_CHUNK_MAGIC, Frame, GRANULE, MAX_CHUNK_SIZE,
+    MAX_FRAMES, MAX_LABEL_LEN, MAX_MODULE_RECORD_LEN, MAX_PY_CODE_RECORD_LEN, Record, tag,
 };
 use crate::varint::{read_delta, read_u64, unzigzag};
 
@@ -22,6 +22,10 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Option<ChunkHeader> {
     if lenz < GRANULE || !lenz.is_multiple_of(GRANULE) || lenz > MAX_CHUNK_SIZE {
         return None;
     }
+    let packed = u32_at(20);
+    if packed as usize > lenz - CHUNK_HEADER_SIZE {
+        return None;
+    }
     let mut base = [0u8; 8];
     base.copy_from_slice(&h[24..32]);
     Some(ChunkHeader {
@@ -30,7 +34,18 @@ pub fn decode_chunk_header(bytes: &[u8]) -> Option<ChunkHeader> {
         tid: u32_at(12),
         seq: u32_at(16),
         base_time: u64::from_le_bytes(base),
+        packed,
     })
+}
+
+/// The length of the free chunk at the start of `bytes` (FORMAT.md §3), if there is one there.
+pub fn decode_free_chunk(bytes: &[u8]) -> Option<usize> {
+    let h = bytes.get(..8)?;
+    if h[..4] != FREE_CHUNK_MAGIC {
+        return None;
+    }
+    let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+    (len >= GRANULE && len.is_multiple_of(GRANULE) && len <= MAX_CHUNK_SIZE).then_some(len)
 }
 
 /// What came out of decoding at one position of a chunk.

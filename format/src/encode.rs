@@ -7,8 +7,9 @@
 //! (FORMAT.md §5). On `None` (no room) nothing observable was written and the state is unchanged.
 
 use crate::record::{
-    AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, FILE_MAGIC, FORMAT_VERSION, Frame, HEADER_SIZE,
-    Header, MAX_FRAMES, MAX_LABEL_LEN, MAX_PY_CODE_RECORD_LEN, ModuleInfo, PyCodeInfo, tag,
+    AllocKind, CHUNK_HEADER_SIZE, CHUNK_MAGIC, FILE_MAGIC, FORMAT_VERSION, FREE_CHUNK_MAGIC, Frame,
+    HEADER_SIZE, Header, MAX_FRAMES, MAX_LABEL_LEN, MAX_PY_CODE_RECORD_LEN, ModuleInfo, PyCodeInfo,
+    tag,
 };
 use crate::varint::{write_delta, write_u64};
 use core::sync::atomic::{Ordering, compiler_fence};
@@ -49,6 +50,9 @@ pub struct ChunkHeader {
     pub seq: u32,
     /// Time base of the chunk's first record.
     pub base_time: u64,
+    /// 0: the records follow the header as they are. Otherwise the length of the zstd frame that
+    /// follows the header and holds them (FORMAT.md §3, version 3).
+    pub packed: u32,
 }
 
 /// Writes a chunk header into `out[..CHUNK_HEADER_SIZE]`, magic last. `false` if `out` is too short.
@@ -60,10 +64,22 @@ pub fn encode_chunk_header(out: &mut [u8], h: &ChunkHeader) -> bool {
     dst[8..12].copy_from_slice(&h.thread.to_le_bytes());
     dst[12..16].copy_from_slice(&h.tid.to_le_bytes());
     dst[16..20].copy_from_slice(&h.seq.to_le_bytes());
-    dst[20..24].copy_from_slice(&0u32.to_le_bytes());
+    dst[20..24].copy_from_slice(&h.packed.to_le_bytes());
     dst[24..32].copy_from_slice(&h.base_time.to_le_bytes());
     compiler_fence(Ordering::Release);
     dst[..4].copy_from_slice(&CHUNK_MAGIC);
+    true
+}
+
+/// Marks the chunk at the start of `out` free (FORMAT.md §3): readers skip its `len` bytes.
+/// Written before a chunk's space is reused, so that a reader never sees it half rewritten.
+pub fn encode_free_chunk(out: &mut [u8], len: u32) -> bool {
+    let Some(dst) = out.get_mut(..8) else {
+        return false;
+    };
+    dst[4..8].copy_from_slice(&len.to_le_bytes());
+    compiler_fence(Ordering::Release);
+    dst[..4].copy_from_slice(&FREE_CHUNK_MAGIC);
     true
 }
 

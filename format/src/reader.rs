@@ -5,12 +5,14 @@
 //! number of chunks and threads, never with the number of records, so multi-gigabyte traces stream. Everything that is wrong inside
 //! an opened trace (a torn tail, a corrupt chunk) becomes a warning, and the records before it are kept.
 
-use crate::decode::{Event, Step, bincode_read, decode_chunk_header, decode_step};
+use crate::decode::{
+    Event, Step, bincode_read, decode_chunk_header, decode_free_chunk, decode_step,
+};
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
 use crate::record::{
     CHUNK_HEADER_SIZE, FILE_MAGIC, FORMAT_VERSION, Frame, GRANULE, HEADER_PADDING, HEADER_SIZE,
-    Header, OLDEST_READABLE_VERSION, Record,
+    Header, MAX_CHUNK_SIZE, OLDEST_READABLE_VERSION, Record,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -187,6 +189,10 @@ impl Trace {
                     off += want;
                 }
                 None => {
+                    if let Some(len) = decode_free_chunk(&buf) {
+                        off += len;
+                        continue;
+                    }
                     bytes.read_at(off, &mut buf, GRANULE);
                     if buf.iter().any(|&b| b != 0) {
                         skipped += buf.len();
@@ -202,7 +208,11 @@ impl Trace {
         }
         let mut threads: Vec<ThreadChunks> = by_thread.into_values().collect();
         for t in &mut threads {
-            t.chunks.sort_by_key(|c| (c.header.seq, c.offset));
+            // A full chunk and its packed copy may both be in the file (the writer was stopped
+            // between writing the copy and freeing the original): they hold the same records.
+            t.chunks
+                .sort_by_key(|c| (c.header.seq, c.header.packed == 0, c.offset));
+            t.chunks.dedup_by_key(|c| c.header.seq);
         }
         Ok(Trace {
             bytes,
@@ -381,6 +391,13 @@ impl Cursor<'_> {
             let c = self.chunks.get(self.chunk)?;
             if !self.loaded {
                 bytes.read_at(c.offset, &mut self.data, c.len);
+                if c.header.packed != 0 && !unpack(&mut self.data, c.header.packed as usize) {
+                    warnings.push(format!(
+                        "packed chunk at byte {} (thread {}) does not unpack: its records are skipped",
+                        c.offset, self.thread
+                    ));
+                    self.data.truncate(CHUNK_HEADER_SIZE);
+                }
                 self.st = ChunkState::new(c.header.base_time);
                 self.stack.clear();
                 self.pos = CHUNK_HEADER_SIZE;
@@ -412,6 +429,40 @@ impl Cursor<'_> {
             self.loaded = false;
         }
     }
+}
+
+/// Replaces a packed chunk's bytes in `data` (header, then a zstd frame of `packed` bytes) by the
+/// header followed by the records the frame holds (FORMAT.md §3). `false` if the frame is cut
+/// short, corrupt, or holds more than a chunk may.
+fn unpack(data: &mut Vec<u8>, packed: usize) -> bool {
+    thread_local! {
+        static UNPACK: std::cell::RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> =
+            const { std::cell::RefCell::new((None, Vec::new())) };
+    }
+    UNPACK.with_borrow_mut(|(dctx, out)| {
+        let Some(frame) = data.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + packed) else {
+            return false;
+        };
+        let size = match zstd::zstd_safe::get_frame_content_size(frame) {
+            Ok(Some(n)) if n <= (MAX_CHUNK_SIZE - CHUNK_HEADER_SIZE) as u64 => n as usize,
+            _ => return false,
+        };
+        if dctx.is_none() {
+            *dctx = zstd::bulk::Decompressor::new().ok();
+        }
+        let Some(dctx) = dctx else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(&data[..CHUNK_HEADER_SIZE]);
+        out.resize(CHUNK_HEADER_SIZE + size, 0);
+        if !matches!(dctx.decompress_to_buffer(frame, &mut out[CHUNK_HEADER_SIZE..]), Ok(n) if n == size)
+        {
+            return false;
+        }
+        std::mem::swap(data, out);
+        true
+    })
 }
 
 /// One record and the thread that wrote it.

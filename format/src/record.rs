@@ -9,15 +9,17 @@ use serde::{Deserialize, Serialize};
 /// The first eight bytes of every trace file (FORMAT.md §2).
 pub const FILE_MAGIC: [u8; 8] = *b"MEMTRACE";
 /// The format version this crate writes (FORMAT.md §7).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest format version this crate still reads: every version from it to [`FORMAT_VERSION`].
 pub const OLDEST_READABLE_VERSION: u32 = 1;
 /// Size of the file header region; the first chunk starts here (FORMAT.md §2).
 pub const HEADER_SIZE: usize = 4096;
-/// Chunks start and end on multiples of this (FORMAT.md §3).
-pub const GRANULE: usize = 4096;
+/// Chunks start and end on multiples of this (FORMAT.md §3; 4096 before version 3).
+pub const GRANULE: usize = 512;
 /// The four bytes that open every chunk (FORMAT.md §3).
 pub const CHUNK_MAGIC: [u8; 4] = *b"MTCK";
+/// The four bytes that open a free chunk: space a reader skips (FORMAT.md §3, version 3).
+pub const FREE_CHUNK_MAGIC: [u8; 4] = *b"MTFR";
 /// Size of a chunk header; records follow it (FORMAT.md §3).
 pub const CHUNK_HEADER_SIZE: usize = 32;
 /// The largest chunk a writer may claim; a reader refuses longer ones as corrupt.

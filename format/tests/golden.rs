@@ -1,12 +1,17 @@
 //! The compatibility contract: a fixed trace encoded by this crate must equal the checked-in bytes of
-//! `tests/data/v2-basic.bin`, and those bytes must decode to the same records. Set
-//! `MEMTRACE_BLESS=1` to rewrite the file after a deliberate format change (which also needs a version
-//! bump, FORMAT.md §7, unless it only appends a header field). Traces of earlier versions and earlier
-//! writers stay readable: `tests/data/v1-basic.bin` is the same trace (without its Python records) as
-//! version 1 wrote it, and `tests/data/v1-first-release.bin` as the first release wrote it, before
-//! `fork_time_ns` was appended to the header (`sample_bytes` came with version 2).
+//! `tests/data/v3-basic.bin`, and those bytes must decode to the same records; the same trace with
+//! packed chunks, `tests/data/v3-packed.bin`, must decode to them too (its bytes depend on the zstd
+//! library's version, so they are read, not compared). Set `MEMTRACE_BLESS=1` to rewrite both after
+//! a deliberate format change (which also needs a version bump, FORMAT.md §7, unless it only appends
+//! a header field). Traces of earlier versions and earlier writers stay readable:
+//! `tests/data/v2-basic.bin` is the same trace as version 2 wrote it, `tests/data/v1-basic.bin`
+//! (without its Python records) as version 1 did, and `tests/data/v1-first-release.bin` as the
+//! first release did, before `fork_time_ns` was appended to the header (`sample_bytes` came with
+//! version 2).
 
 use memtrace_format::builder::TraceBuilder;
+use memtrace_format::encode::encode_free_chunk;
+use memtrace_format::record::HEADER_SIZE;
 use memtrace_format::record::line_table;
 use memtrace_format::{
     AllocKind, Frame, Header, ModuleInfo, PyCodeInfo, PyFrame, Record, Segment, Trace,
@@ -178,26 +183,74 @@ fn header() -> Header {
     }
 }
 
-#[test]
-fn v2_basic_matches_checked_in_bytes() {
+fn build(packed: bool) -> Vec<u8> {
     let mut b = TraceBuilder::new(&header());
+    if packed {
+        b = b.packed();
+    }
     for (thread, r) in records() {
         b.push(thread, &r);
     }
-    let bytes = b.finish();
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/v2-basic.bin");
+    b.finish()
+}
+
+fn data_file(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+#[test]
+fn v3_basic_matches_checked_in_bytes() {
+    let bytes = build(false);
+    let path = data_file("v3-basic.bin");
     if std::env::var_os("MEMTRACE_BLESS").is_some() {
         std::fs::write(&path, &bytes).unwrap();
     }
     let golden =
-        std::fs::read(&path).expect("tests/data/v2-basic.bin (MEMTRACE_BLESS=1 creates it)");
+        std::fs::read(&path).expect("tests/data/v3-basic.bin (MEMTRACE_BLESS=1 creates it)");
     assert!(
         bytes == golden,
         "the encoding changed: if deliberate, bump FORMAT_VERSION and re-bless with MEMTRACE_BLESS=1"
     );
-    let trace = Trace::from_bytes(golden, "v2-basic.bin").unwrap();
+    let trace = Trace::from_bytes(golden, "v3-basic.bin").unwrap();
+    assert_eq!(trace.version(), 3);
+    assert_eq!(trace.header(), &header());
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
+    assert_same_records(&trace, &records());
+}
+
+#[test]
+fn a_packed_trace_reads_the_same() {
+    let path = data_file("v3-packed.bin");
+    if std::env::var_os("MEMTRACE_BLESS").is_some() {
+        std::fs::write(&path, build(true)).unwrap();
+    }
+    let bytes = std::fs::read(&path).expect("tests/data/v3-packed.bin (MEMTRACE_BLESS=1)");
+    let trace = Trace::from_bytes(bytes, "v3-packed.bin").unwrap();
+    assert_eq!(trace.chunk_count(), 2);
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
+    assert_same_records(&trace, &records());
+    // What the preload's writer may leave: a free chunk, and a full chunk beside its packed copy.
+    let plain = build(false);
+    let mut both = plain.clone();
+    both.extend_from_slice(&std::fs::read(&path).unwrap()[HEADER_SIZE..]);
+    let mut free = vec![0u8; 1024];
+    assert!(encode_free_chunk(&mut free, 1024));
+    free[700] = 0xee;
+    both.extend_from_slice(&free);
+    let trace = Trace::from_bytes(both, "both").unwrap();
+    assert_eq!(trace.chunk_count(), 2);
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
+    assert_same_records(&trace, &records());
+}
+
+#[test]
+fn a_version_2_trace_still_reads() {
+    let trace = Trace::from_bytes(std::fs::read(data_file("v2-basic.bin")).unwrap(), "v2").unwrap();
     assert_eq!(trace.version(), 2);
     assert_eq!(trace.header(), &header());
+    assert!(trace.warnings().is_empty(), "{:?}", trace.warnings());
     assert_same_records(&trace, &records());
 }
 

@@ -27,6 +27,7 @@ fn file_with_chunk_bodies(bodies: &[(u32, Vec<u8>)]) -> Vec<u8> {
                 tid: 100 + thread,
                 seq: *s,
                 base_time: u64::from(*s) * 1000,
+                packed: 0,
             }
         ));
         *s += 1;
@@ -119,6 +120,15 @@ proptest! {
         read_all(bytes);
     }
 
+    /// A packed chunk whose frame is any bytes at all (FORMAT.md §3).
+    #[test]
+    fn random_packed_frames_never_panic(frame in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let mut bytes = file_with_chunk_bodies(&[(1, frame.clone())]);
+        let packed = (frame.len() as u32).min((GRANULE - CHUNK_HEADER_SIZE) as u32);
+        bytes[HEADER_SIZE + 20..HEADER_SIZE + 24].copy_from_slice(&packed.to_le_bytes());
+        read_all(bytes);
+    }
+
     /// Any bytes at all, header included.
     #[test]
     fn random_files_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..9000)) {
@@ -142,4 +152,39 @@ fn a_chunk_claiming_the_largest_length_reads_only_what_the_file_has() {
     );
     let mut records = trace.records();
     assert!(records.by_ref().count() <= 1);
+}
+
+#[test]
+fn a_packed_chunk_that_does_not_unpack_is_skipped_with_a_warning() {
+    let mut b = TraceBuilder::new(&TraceBuilder::test_header()).packed();
+    b.malloc(1, 10, 0, 100, 0x1000)
+        .malloc(2, 20, 0, 200, 0x2000);
+    let good = b.finish();
+    for at in [
+        HEADER_SIZE + CHUNK_HEADER_SIZE,
+        HEADER_SIZE + CHUNK_HEADER_SIZE + 9,
+    ] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 0x40;
+        let trace = Trace::from_bytes(bytes, "flipped").expect("a trace");
+        let sizes: Vec<Record> = trace.records().map(|r| r.record).collect();
+        assert_eq!(
+            sizes,
+            vec![Record::Alloc {
+                time: 20,
+                kind: memtrace_format::AllocKind::Malloc,
+                stack: 0,
+                size: 200,
+                addr: 0x2000
+            }],
+            "byte {at}"
+        );
+        let mut records = trace.records();
+        records.by_ref().for_each(drop);
+        let warnings = records.take_warnings();
+        assert!(
+            warnings.iter().any(|w| w.contains("does not unpack")),
+            "byte {at}: {warnings:?}"
+        );
+    }
 }

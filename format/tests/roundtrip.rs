@@ -255,13 +255,13 @@ fn other_versions_are_refused_naming_both() {
         ReadError::UnsupportedVersion {
             found: 9,
             oldest: 1,
-            newest: 2,
+            newest: 3,
             ..
         }
     ));
     let msg = err.to_string();
     assert!(
-        msg.contains("version 9") && msg.contains("versions 1 to 2"),
+        msg.contains("version 9") && msg.contains("versions 1 to 3"),
         "{msg}"
     );
 }

@@ -179,6 +179,7 @@ fn start() {
     if let Some(n) = config.sample_bytes {
         crate::sample::set_mean(n);
     }
+    crate::pack::set_enabled(getenv(c"MEMTRACE_COMPRESS").as_deref() != Some("0"));
     let _ = CONFIG.set(config);
     clock::start();
     let changes = modules::rescan(true);
@@ -354,6 +355,7 @@ extern "C" fn after_fork_parent() {
 }
 
 extern "C" fn after_fork_child() {
+    crate::pack::after_fork_child();
     python::after_fork(true);
     stacks::after_fork(true);
     modules::after_fork();

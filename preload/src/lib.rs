@@ -29,6 +29,7 @@ mod hooks;
 mod init;
 mod loader;
 mod modules;
+mod pack;
 mod plt;
 mod python;
 mod real;

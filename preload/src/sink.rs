@@ -272,15 +272,22 @@ impl Sink {
 
     /// Hands a finished chunk's pages back to the kernel. Its bytes stay in the page cache and the
     /// file (a shared file mapping refaults them from there), but no longer count as the traced
-    /// program's resident memory: without this a long run's RSS would grow with its trace.
+    /// program's resident memory: without this a long run's RSS would grow with its trace. Only
+    /// the pages wholly inside the chunk are handed back: chunks are granules, smaller than a page,
+    /// so the pages at its ends may hold another thread's chunk.
     pub fn retire(&self, chunk: Claim) {
         if chunk.epoch != self.epoch() {
             return;
         }
-        // SAFETY: the chunk is a page-aligned range (chunks start and end on GRANULE, a multiple
-        // of the page size) of our shared file mapping, and only the retiring thread wrote it;
-        // MADV_DONTNEED on a shared file mapping drops page-table entries, never data.
-        unsafe { libc::madvise(chunk.ptr.cast(), chunk.len, libc::MADV_DONTNEED) };
+        const PAGE: usize = 4096;
+        let start = (chunk.ptr as usize).next_multiple_of(PAGE);
+        let end = (chunk.ptr as usize + chunk.len) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: [start, end) is a page-aligned range of our shared file mapping inside the
+            // chunk, which only the retiring thread wrote; MADV_DONTNEED on a shared file mapping
+            // drops page-table entries, never data.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 
     /// Whether `fd` is still our trace file (the program has not closed it or put another file

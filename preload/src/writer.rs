@@ -1,14 +1,24 @@
-//! One thread's chunk writer: appends encoded records to the chunk the thread owns and claims a
-//! new chunk from the sink when the current one is full.
+//! One thread's chunk writer: appends encoded records to the chunk the thread owns, and when it is
+//! full, packs it into a new chunk and starts over in the same one, or claims a new chunk.
+//!
+//! A thread's chunks grow from one granule to [`MAX_NORMAL_CHUNK`]; from then on the thread keeps
+//! that one chunk. When it is full its records are packed (`pack.rs`) into a new chunk of the
+//! packed size, and the full chunk is emptied for the next records, so the file holds packed
+//! chunks plus one unpacked chunk per thread. The steps are ordered so that a process stopped
+//! between any two of them leaves a readable file (FORMAT.md §3): the packed copy is complete
+//! before its magic is written; the full chunk is marked free before it is cleared; a reader that
+//! finds both the full chunk and its copy takes one of them.
 //!
 //! Safe code over the raw chunk memory handed out by `sink.rs`; the single `unsafe` block turns a
 //! claim into a byte slice.
 
+use crate::pack;
 use crate::sink::{Claim, SINK};
-use memtrace_format::encode::{ChunkHeader, ChunkState, encode_chunk_header};
+use memtrace_format::encode::{ChunkHeader, ChunkState, encode_chunk_header, encode_free_chunk};
 use memtrace_format::record::{CHUNK_HEADER_SIZE, GRANULE, MAX_CHUNK_SIZE};
 
-/// Largest chunk claimed for ordinary growth (bigger only for a record that needs it).
+/// Largest chunk claimed for ordinary growth (bigger only for a record that needs it), and the
+/// size of the chunk a thread keeps and packs from.
 const MAX_NORMAL_CHUNK: usize = 64 << 10;
 
 /// Why a record could not be written.
@@ -74,15 +84,10 @@ impl ChunkWriter {
         self.tid = tid;
     }
 
+    /// The free space of the current chunk.
     fn chunk_slice(&mut self) -> Option<&mut [u8]> {
-        let c = self.claim?;
-        if c.epoch != SINK.epoch() {
-            return None;
-        }
-        // SAFETY: the sink handed this chunk to this thread alone (one atomic claim), it is mapped
-        // and writable for the sink's epoch `c.epoch` (checked above; only a fork child changes
-        // it, and then this thread is the only one), and `used <= len`.
-        Some(unsafe { core::slice::from_raw_parts_mut(c.ptr.add(self.used), c.len - self.used) })
+        let used = self.used;
+        self.claim.and_then(whole).map(|c| &mut c[used..])
     }
 
     /// Writes one record with `encode`, which gets the free space and the chunk's delta state and
@@ -119,6 +124,9 @@ impl ChunkWriter {
     fn new_chunk(&mut self, base_time: u64) -> Result<(), WriteError> {
         let len = self.next_len;
         if let Some(done) = self.claim.take() {
+            if done.len == len && len == MAX_NORMAL_CHUNK && self.pack_and_reuse(done, base_time) {
+                return Ok(());
+            }
             SINK.retire(done);
         }
         let claim = match SINK.claim(len) {
@@ -128,23 +136,100 @@ impl ChunkWriter {
         };
         self.claim = Some(claim);
         self.used = 0;
-        let header = ChunkHeader {
-            len: len as u32,
-            thread: self.thread,
-            tid: self.tid,
-            seq: self.seq,
-            base_time,
-        };
-        self.seq += 1;
-        self.state = ChunkState::new(base_time);
-        self.last_time = base_time;
-        if let Some(buf) = self.chunk_slice() {
-            encode_chunk_header(buf, &header);
-        }
-        self.used = CHUNK_HEADER_SIZE;
+        self.start_chunk(claim, base_time);
         if self.next_len < MAX_NORMAL_CHUNK {
             self.next_len *= 2;
         }
         Ok(())
     }
+
+    /// Makes `claim` (zero after its header) the current chunk, with the next sequence number.
+    fn start_chunk(&mut self, claim: Claim, base_time: u64) {
+        self.claim = Some(claim);
+        let header = ChunkHeader {
+            len: claim.len as u32,
+            thread: self.thread,
+            tid: self.tid,
+            seq: self.seq,
+            base_time,
+            packed: 0,
+        };
+        self.seq += 1;
+        self.state = ChunkState::new(base_time);
+        self.last_time = base_time;
+        if let Some(buf) = whole(claim) {
+            encode_chunk_header(buf, &header);
+        }
+        self.used = CHUNK_HEADER_SIZE;
+    }
+
+    /// Packs the full chunk `done` into a new chunk and empties `done` to be the current chunk
+    /// again. `false` (nothing changed) when packing is off or busy, or would not save space.
+    fn pack_and_reuse(&mut self, done: Claim, base_time: u64) -> bool {
+        let Some(full) = whole(done) else {
+            return false;
+        };
+        let used = self.used;
+        let header = ChunkHeader {
+            len: 0,
+            thread: self.thread,
+            tid: self.tid,
+            seq: self.seq.wrapping_sub(1),
+            base_time: decode_base_time(full),
+            packed: 0,
+        };
+        let copied = pack::pack(
+            &full[CHUNK_HEADER_SIZE..used],
+            self.thread as usize,
+            |frame| {
+                let len = (CHUNK_HEADER_SIZE + frame.len()).next_multiple_of(GRANULE);
+                if len >= done.len {
+                    return false;
+                }
+                let Ok(Some(copy)) = SINK.claim(len) else {
+                    return false;
+                };
+                let Some(out) = whole(copy) else {
+                    return false;
+                };
+                // Free until complete: a reader skips it if the process stops before the magic.
+                encode_free_chunk(out, len as u32);
+                out[CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + frame.len()].copy_from_slice(frame);
+                let packed = ChunkHeader {
+                    len: len as u32,
+                    packed: frame.len() as u32,
+                    ..header
+                };
+                encode_chunk_header(out, &packed);
+                SINK.retire(copy);
+                true
+            },
+        );
+        if copied != Some(true) {
+            return false;
+        }
+        encode_free_chunk(full, done.len as u32);
+        // All of it: a record that did not fit left bytes past `used` (its tag unwritten).
+        full[CHUNK_HEADER_SIZE..].fill(0);
+        self.start_chunk(done, base_time);
+        true
+    }
+}
+
+/// The time base written in the chunk header at the start of `chunk`.
+fn decode_base_time(chunk: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&chunk[24..32]);
+    u64::from_le_bytes(b)
+}
+
+/// All of a claimed chunk's bytes, while its sink epoch is current.
+fn whole<'a>(c: Claim) -> Option<&'a mut [u8]> {
+    if c.epoch != SINK.epoch() {
+        return None;
+    }
+    // SAFETY: the sink handed this chunk to this thread alone (one atomic claim), it is mapped
+    // and writable for the sink's epoch `c.epoch` (checked above; only a fork child changes it,
+    // and then this thread is the only one). Callers hold one such slice at a time.
+    Some(unsafe { core::slice::from_raw_parts_mut(c.ptr, c.len) })
 }

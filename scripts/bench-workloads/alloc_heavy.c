@@ -2,7 +2,10 @@
  * chain (15-30 frames) and at the bottom allocates, reallocs and frees blocks of mixed sizes while
  * keeping a bounded live set.
  *
- * usage: alloc_heavy THREADS ITERATIONS
+ * usage: alloc_heavy THREADS ITERATIONS [SIZE_RANGE]
+ * With SIZE_RANGE, every size is drawn uniformly from 1..SIZE_RANGE bytes (byte-exact random sizes:
+ * about one distinct (size, stack) pair per call, the case that exhausts tools which intern those
+ * pairs); without it, sizes are mostly small, as in typical programs.
  * Prints the number of allocation calls it made (malloc + calloc + realloc), for cross-checks.
  */
 #include <pthread.h>
@@ -13,6 +16,7 @@
 #define LIVE 4096
 
 static long iterations;
+static unsigned size_range;
 
 struct worker {
     void *live[LIVE];
@@ -28,7 +32,8 @@ static unsigned next_rand(struct worker *w) {
 __attribute__((noinline)) static void leaf(struct worker *w) {
     unsigned r = next_rand(w);
     unsigned slot = r % LIVE;
-    size_t size = 8 + (r % 7 == 0 ? r % 4096 : r % 256);
+    size_t size = size_range ? 1 + (next_rand(w) % size_range)
+                             : 8 + (r % 7 == 0 ? r % 4096 : r % 256);
     if (w->live[slot] && r % 5 == 0) {
         void *p = realloc(w->live[slot], size * 2);
         if (p) w->live[slot] = p;
@@ -66,6 +71,7 @@ static void *run(void *arg) {
 int main(int argc, char **argv) {
     int threads = argc > 1 ? atoi(argv[1]) : 1;
     iterations = argc > 2 ? atol(argv[2]) : 1000000;
+    size_range = argc > 3 ? (unsigned)atol(argv[3]) : 0;
     pthread_t tids[64];
     struct worker *ws = calloc((size_t)threads, sizeof(struct worker));
     for (int t = 0; t < threads && t < 64; t++) {

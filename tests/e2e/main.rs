@@ -17,6 +17,7 @@ mod edge_cases;
 mod exits;
 mod fork;
 mod heaptrack;
+mod packing;
 mod python;
 mod python_frames;
 mod real_programs;

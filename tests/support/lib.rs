@@ -359,6 +359,16 @@ impl Program {
         s
     }
 
+    /// Starts the program with its output discarded, for tests that stop it themselves.
+    pub fn spawn(&self) -> std::process::Child {
+        self.command()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.display()))
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.args);

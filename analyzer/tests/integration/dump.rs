@@ -42,7 +42,7 @@ fn dump_lines_are_exact() {
     end(&mut b, 1, 12);
     let f = TraceFile::new(&b.finish());
     let out = analyze(&["dump", f.arg()]).assert_code(ExitCode::Success);
-    let expected = r#"header version=2 pid=1 ppid=0 executable="/test" cmdline=["/test"] start_unix_ns=0 parent_trace=none tool_version="test"
+    let expected = r#"header version=3 pid=1 ppid=0 executable="/test" cmdline=["/test"] start_unix_ns=0 parent_trace=none tool_version="test"
 thread index=1 tid=1001
 thread index=2 tid=1002
 module thread=1 id=1 path="/usr/bin/example" bias=0x55550000 build_id=abcd segments=[0x1000+0x2000:r-x]

@@ -15,9 +15,9 @@ fn bad_inputs() -> (tempfile::TempDir, Vec<(String, &'static str)>) {
         b"this is not a trace at all, just some text\n",
     )
     .unwrap();
-    let mut v3 = builder().finish();
-    v3[8] = 3;
-    std::fs::write(p("v3"), &v3).unwrap();
+    let mut v4 = builder().finish();
+    v4[8] = 4;
+    std::fs::write(p("v4"), &v4).unwrap();
     let mut bad_header = builder().finish();
     bad_header[12..16].copy_from_slice(&5000u32.to_le_bytes());
     std::fs::write(p("badheader"), &bad_header).unwrap();
@@ -26,7 +26,7 @@ fn bad_inputs() -> (tempfile::TempDir, Vec<(String, &'static str)>) {
         (p("empty"), "is empty"),
         (dir.path().to_str().unwrap().to_owned(), "is a directory"),
         (p("garbage"), "not a memtrace trace"),
-        (p("v3"), "format version 3"),
+        (p("v4"), "format version 4"),
         (p("badheader"), "corrupt header"),
     ];
     (dir, cases)
@@ -74,7 +74,7 @@ fn the_wrong_version_names_both_versions() {
     let f = TraceFile::new(&v9);
     let out = analyze(&["summary", f.arg()]);
     assert!(
-        out.stderr.contains("version 9") && out.stderr.contains("versions 1 to 2"),
+        out.stderr.contains("version 9") && out.stderr.contains("versions 1 to 3"),
         "{}",
         out.stderr
     );
