@@ -272,9 +272,9 @@ impl Sink {
 
     /// Hands a finished chunk's pages back to the kernel. Its bytes stay in the page cache and the
     /// file (a shared file mapping refaults them from there), but no longer count as the traced
-    /// program's resident memory: without this a long run's RSS would grow with its trace. Only
-    /// the pages wholly inside the chunk are handed back: chunks are granules, smaller than a page,
-    /// so the pages at its ends may hold another thread's chunk.
+    /// program's resident memory: without this a long run's RSS would grow with its trace. The
+    /// writer claims whole pages; were a chunk not page-aligned, only the pages wholly inside it
+    /// would be handed back, since the pages at its ends would hold other threads' chunks.
     pub fn retire(&self, chunk: Claim) {
         if chunk.epoch != self.epoch() {
             return;

@@ -17,6 +17,11 @@ use crate::sink::{Claim, SINK};
 use memtrace_format::encode::{ChunkHeader, ChunkState, encode_chunk_header, encode_free_chunk};
 use memtrace_format::record::{CHUNK_HEADER_SIZE, GRANULE, MAX_CHUNK_SIZE};
 
+/// The unit of every chunk this writer claims: a page, not the format's smaller granule, so that
+/// every chunk is whole pages and a finished one leaves none of them resident (`Sink::retire`).
+const PAGE: usize = 4096;
+const _: () = assert!(PAGE.is_multiple_of(GRANULE));
+
 /// Largest chunk claimed for ordinary growth (bigger only for a record that needs it), and the
 /// size of the chunk a thread keeps and packs from.
 const MAX_NORMAL_CHUNK: usize = 64 << 10;
@@ -54,7 +59,7 @@ impl ChunkWriter {
             addr: 0,
             has_stack: false,
         },
-        next_len: GRANULE,
+        next_len: PAGE,
         seq: 0,
         thread: 0,
         tid: 0,
@@ -67,7 +72,7 @@ impl ChunkWriter {
             claim: None,
             used: 0,
             state: ChunkState::default(),
-            next_len: GRANULE,
+            next_len: PAGE,
             seq: 0,
             thread,
             tid,
@@ -80,7 +85,7 @@ impl ChunkWriter {
         self.claim = None;
         self.used = 0;
         self.seq = 0;
-        self.next_len = GRANULE;
+        self.next_len = PAGE;
         self.tid = tid;
     }
 
@@ -182,7 +187,7 @@ impl ChunkWriter {
             &full[CHUNK_HEADER_SIZE..used],
             self.thread as usize,
             |frame| {
-                let len = (CHUNK_HEADER_SIZE + frame.len()).next_multiple_of(GRANULE);
+                let len = (CHUNK_HEADER_SIZE + frame.len()).next_multiple_of(PAGE);
                 if len >= done.len {
                     return false;
                 }
