@@ -18,6 +18,7 @@ use crate::heap::StackTable;
 use crate::point::{Point, time_text};
 use crate::render;
 use crate::replay::{Ctx, Definitions, Observer, Totals};
+use crate::sampling::{Amount, Weights};
 use anyhow::{Result, bail};
 use memtrace_format::{Record, Trace};
 use rustc_hash::FxHashMap;
@@ -94,25 +95,29 @@ struct Capturer {
 
 impl Capturer {
     fn snapshot(&self, point: Point, time_ns: u64) -> Snapshot {
+        // Each stack's amount and the total are rounded to whole numbers on their own (in a sampled
+        // trace the entries may then add up to a little more or less than the total).
+        let w = self.table.weights();
+        let mut total = Amount::default();
         let mut stacks: Vec<Live> = self
             .table
             .live()
-            .filter(|&(_, bytes, count)| self.keep_zeros || bytes > 0 || count > 0)
-            .map(|(stack, bytes, count)| Live {
-                stack,
-                bytes,
-                count,
+            .filter(|&(_, a)| self.keep_zeros || a != Amount::default())
+            .map(|(stack, a)| {
+                total = total.plus(a);
+                Live {
+                    stack,
+                    bytes: w.bytes(a.bytes),
+                    count: w.count(a.count),
+                }
             })
             .collect();
         stacks.sort_unstable_by_key(|l| l.stack);
-        let (live_bytes, live_count) = stacks.iter().fold((0u64, 0u64), |(b, c), l| {
-            (b.wrapping_add(l.bytes), c + l.count)
-        });
         Snapshot {
             point,
             time_ns,
-            live_bytes,
-            live_count,
+            live_bytes: w.bytes(total.bytes),
+            live_count: w.count(total.count),
             stacks,
         }
     }
@@ -132,15 +137,15 @@ impl Capturer {
 
 impl Observer for Capturer {
     #[inline]
-    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, size: u64) {
+    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, amount: Amount) {
         self.before_event(ctx.time);
-        self.table.on_alloc(ctx, stack, size);
+        self.table.on_alloc(ctx, stack, amount);
     }
 
     #[inline]
-    fn on_release(&mut self, ctx: &Ctx, block: crate::heap::Block, temporary: bool) {
+    fn on_release(&mut self, ctx: &Ctx, stack: u32, amount: Amount, temporary: bool) {
         self.before_event(ctx.time);
-        self.table.on_release(ctx, block, temporary);
+        self.table.on_release(ctx, stack, amount, temporary);
     }
 
     fn on_other(&mut self, ctx: &Ctx, record: &Record) {
@@ -177,7 +182,7 @@ impl Observer for Capturer {
 /// Replays `trace` once and takes the snapshots `req` asks for. `name` names the trace in errors.
 pub fn capture(trace: &Trace, name: &str, req: &Request) -> Result<Captured> {
     let mut c = Capturer {
-        table: StackTable::default(),
+        table: StackTable::new(Weights::new(trace.header().sample_bytes)),
         defs: Definitions::default(),
         keep_zeros: req.keep_zeros,
         every_mark: req.every_mark,

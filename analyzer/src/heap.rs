@@ -1,11 +1,13 @@
 //! The analyzer's picture of the traced heap: [`LiveHeap`] (every block live at the current point of
 //! the replay, keyed by address), [`StackMap`] (a table keyed by stack id, dense where ids are dense)
-//! and [`StackStats`] (per-stack measures: allocated, live, live at the global peak, temporary).
+//! and [`StackStats`] (per-stack measures: allocated, live, live at the global peak, temporary),
+//! summed as the [`Amount`]s the trace's [`Weights`] give its blocks (estimates in a sampled trace).
 //!
 //! These are the analyzer's only structures that grow while a trace streams by, so each is sized by
 //! what it must hold (the live set, the distinct stacks) and never by the trace's length. Nothing here
 //! reads files or knows about records: [`crate::replay`] drives them.
 
+use crate::sampling::{Amount, Weights};
 use rustc_hash::FxHashMap;
 use std::collections::hash_map::Entry;
 
@@ -173,7 +175,9 @@ impl<T> StackMap<T> {
     }
 }
 
-/// What one stack did over the whole trace.
+/// What one stack did over the whole trace. While a replay runs, these are sums of the fixed-point
+/// [`Amount`]s of the trace's [`Weights`]; [`StackTable::finalize`] makes them whole bytes and counts
+/// (estimates, in a sampled trace).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackStats {
     /// Bytes requested by allocation calls (realloc included) on this stack.
@@ -232,16 +236,40 @@ impl StackStats {
         self.temporary_bytes = self.temporary_bytes.wrapping_add(other.temporary_bytes);
         self.temporary_count += other.temporary_count;
     }
+
+    /// These measures, summed as fixed-point amounts, as whole bytes and counts.
+    fn rounded(&self, w: &Weights) -> StackStats {
+        StackStats {
+            alloc_bytes: w.bytes(self.alloc_bytes),
+            alloc_count: w.count(self.alloc_count),
+            live_bytes: w.bytes(self.live_bytes),
+            live_count: w.count(self.live_count),
+            peak_bytes: w.bytes(self.peak_bytes),
+            peak_count: w.count(self.peak_count),
+            peak_seq: self.peak_seq,
+            temporary_count: w.count(self.temporary_count),
+            temporary_bytes: w.bytes(self.temporary_bytes),
+        }
+    }
 }
 
 /// Per-stack statistics over a replay, with the lazy capture of each stack's share of the peak.
 #[derive(Default)]
 pub struct StackTable {
     stats: StackMap<StackStats>,
+    weights: Weights,
     finalized: bool,
 }
 
 impl StackTable {
+    /// A table for a trace with these weights (`default()`: an unsampled trace).
+    pub fn new(weights: Weights) -> StackTable {
+        StackTable {
+            weights,
+            ..StackTable::default()
+        }
+    }
+
     #[inline]
     fn touch(&mut self, stack: u32, peak_seq: u64) -> &mut StackStats {
         let s = self
@@ -251,32 +279,38 @@ impl StackTable {
         s
     }
 
-    /// A block of `size` bytes became live on `stack`; `peak_seq` is the latest peak before this event.
+    /// A block worth `amount` became live on `stack`; `peak_seq` is the latest peak before this
+    /// event.
     #[inline]
-    pub fn alloc(&mut self, stack: u32, size: u64, peak_seq: u64) {
+    pub fn alloc(&mut self, stack: u32, amount: Amount, peak_seq: u64) {
         let s = self.touch(stack, peak_seq);
-        s.alloc_bytes = s.alloc_bytes.wrapping_add(size);
-        s.alloc_count += 1;
-        s.live_bytes = s.live_bytes.wrapping_add(size);
-        s.live_count += 1;
+        s.alloc_bytes = s.alloc_bytes.wrapping_add(amount.bytes);
+        s.alloc_count += amount.count;
+        s.live_bytes = s.live_bytes.wrapping_add(amount.bytes);
+        s.live_count += amount.count;
     }
 
-    /// A block of `stack` was released.
+    /// A block of `stack` worth `amount` was released.
     #[inline]
-    pub fn release(&mut self, block: Block, temporary: bool, peak_seq: u64) {
-        let s = self.touch(block.stack, peak_seq);
-        s.live_bytes = s.live_bytes.wrapping_sub(block.size);
-        s.live_count = s.live_count.saturating_sub(1);
+    pub fn release(&mut self, stack: u32, amount: Amount, temporary: bool, peak_seq: u64) {
+        let s = self.touch(stack, peak_seq);
+        s.live_bytes = s.live_bytes.wrapping_sub(amount.bytes);
+        s.live_count = s.live_count.saturating_sub(amount.count);
         if temporary {
-            s.temporary_count += 1;
-            s.temporary_bytes = s.temporary_bytes.wrapping_add(block.size);
+            s.temporary_count += amount.count;
+            s.temporary_bytes = s.temporary_bytes.wrapping_add(amount.bytes);
         }
     }
 
-    /// Completes the peak capture once the replay is over and `peak_seq` is the final peak.
+    /// Completes the peak capture once the replay is over and `peak_seq` is the final peak, and
+    /// makes every measure whole bytes and counts.
     pub fn finalize(&mut self, peak_seq: u64) {
+        let w = self.weights;
         for (_, s) in self.stats.iter_mut() {
             s.sync_peak(peak_seq);
+            if w.sample_bytes().is_some() {
+                *s = s.rounded(&w);
+            }
         }
         self.finalized = true;
     }
@@ -293,12 +327,22 @@ impl StackTable {
         self.stats.iter()
     }
 
-    /// Every stack seen so far with what it holds live now: `(stack, live bytes, live blocks)`.
-    /// Unlike [`StackTable::iter`], valid in the middle of a replay (snapshots at marks and times).
-    pub fn live(&self) -> impl Iterator<Item = (u32, u64, u64)> + '_ {
-        self.stats
-            .iter()
-            .map(|(id, s)| (id, s.live_bytes, s.live_count))
+    /// Every stack seen so far with what it holds live now: `(stack, live amount)`, in the
+    /// fixed-point units of [`StackTable::weights`]; zero for a stack that holds nothing. Unlike
+    /// [`StackTable::iter`], valid in the middle of a replay (snapshots at marks and times).
+    pub fn live(&self) -> impl Iterator<Item = (u32, Amount)> + '_ {
+        self.stats.iter().map(|(id, s)| {
+            let amount = Amount {
+                bytes: s.live_bytes,
+                count: s.live_count,
+            };
+            (id, amount)
+        })
+    }
+
+    /// The weights the table's amounts are in.
+    pub fn weights(&self) -> Weights {
+        self.weights
     }
 
     /// Number of stacks seen.
@@ -352,12 +396,13 @@ mod tests {
     #[test]
     fn lazy_peak_capture_is_the_value_at_the_latest_peak() {
         let mut t = StackTable::default();
+        let w = Weights::default();
         // Event 1: stack 1 +100 -> peak at seq 1.
-        t.alloc(1, 100, 0);
+        t.alloc(1, w.of(100), 0);
         // Event 2: stack 2 +50 -> peak at seq 2 (stack 1 untouched since, so its share is 100).
-        t.alloc(2, 50, 1);
+        t.alloc(2, w.of(50), 1);
         // Event 3: stack 2 releases 50 (after the peak at 2).
-        t.release(Block { size: 50, stack: 2 }, false, 2);
+        t.release(2, w.of(50), false, 2);
         t.finalize(2);
         assert_eq!(t.get(1).unwrap().peak_bytes, 100);
         assert_eq!(t.get(2).unwrap().peak_bytes, 50);

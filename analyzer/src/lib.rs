@@ -5,7 +5,9 @@
 //! feeds observers (per-stack statistics, stack and module definitions, [`capture`]'s snapshots at
 //! the [`point`]s asked for); then only the stacks a report prints (or, for `diff`, matches by
 //! [`key`]) are symbolized, Python frames named from their code records with lines from
-//! [`python_lines`], and cut to the `--frames` [`view`]; then [`render`] writes text or JSON.
+//! [`python_lines`], and cut to the `--frames` [`view`]; then [`render`] writes text or JSON. In a
+//! sampled trace every block counts as the allocations it stands for ([`sampling`]), so each report
+//! prints estimates of the whole run.
 //!
 //! Rules this crate keeps:
 //! - Memory grows with the live set and the number of distinct stacks, modules and Python code
@@ -29,6 +31,7 @@ pub mod python_lines;
 pub mod render;
 pub mod replay;
 pub mod report;
+pub mod sampling;
 pub mod symbols;
 pub mod view;
 

@@ -2,12 +2,15 @@
 //! the one place that decides what an allocation, a realloc and a free mean for the heap (which block
 //! is released, which is temporary, when the peak is). It keeps the global counters ([`Totals`]) and
 //! tells an [`Observer`] about every block that becomes live or is released, so reports can aggregate
-//! whatever they need in the same single pass.
+//! whatever they need in the same single pass. Each block counts as the [`Amount`] the trace's
+//! [`Weights`] give it: itself in an unsampled trace, the allocations it stands for in a sampled one,
+//! so that every total, the peak included, is an estimate of the whole run's.
 //!
 //! Replay never resolves stacks: a stack or module record may come after the records that use its id
 //! (another thread interned it a moment earlier), so stacks are resolved at report time only.
 
 use crate::heap::{Block, LiveHeap, StackTable};
+use crate::sampling::{Amount, Weights};
 use memtrace_format::{Frame, ModuleInfo, PyCodeInfo, Record, Records, ThreadRecord};
 use rustc_hash::FxHashMap;
 
@@ -27,14 +30,16 @@ pub struct Ctx {
 /// Receives the heap's changes during a replay. Every callback defaults to doing nothing, so an
 /// observer implements only what it needs (tracing-subscriber's `Layer` style).
 pub trait Observer {
-    /// A block of `size` bytes became live on `stack` (an allocation, or a realloc's new block).
+    /// A block became live on `stack` (an allocation, or a realloc's new block); `amount` is what it
+    /// stands for (its size and one block, in an unsampled trace).
     #[inline]
-    fn on_alloc(&mut self, _ctx: &Ctx, _stack: u32, _size: u64) {}
+    fn on_alloc(&mut self, _ctx: &Ctx, _stack: u32, _amount: Amount) {}
 
-    /// A live block was released (a free, or the old block of a realloc). `temporary` when no other
-    /// allocation happened since this block's own.
+    /// A live block of `stack` was released (a free, or the old block of a realloc): `amount` is
+    /// exactly what its `on_alloc` added. `temporary` when no other allocation happened since this
+    /// block's own.
     #[inline]
-    fn on_release(&mut self, _ctx: &Ctx, _block: Block, _temporary: bool) {}
+    fn on_release(&mut self, _ctx: &Ctx, _stack: u32, _amount: Amount, _temporary: bool) {}
 
     /// A record that is not a heap event (stack, module, mark, thread name, end, module unload).
     #[inline]
@@ -46,14 +51,14 @@ impl Observer for () {}
 
 impl<A: Observer, B: Observer> Observer for (A, B) {
     #[inline]
-    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, size: u64) {
-        self.0.on_alloc(ctx, stack, size);
-        self.1.on_alloc(ctx, stack, size);
+    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, amount: Amount) {
+        self.0.on_alloc(ctx, stack, amount);
+        self.1.on_alloc(ctx, stack, amount);
     }
     #[inline]
-    fn on_release(&mut self, ctx: &Ctx, block: Block, temporary: bool) {
-        self.0.on_release(ctx, block, temporary);
-        self.1.on_release(ctx, block, temporary);
+    fn on_release(&mut self, ctx: &Ctx, stack: u32, amount: Amount, temporary: bool) {
+        self.0.on_release(ctx, stack, amount, temporary);
+        self.1.on_release(ctx, stack, amount, temporary);
     }
     #[inline]
     fn on_other(&mut self, ctx: &Ctx, record: &Record) {
@@ -64,12 +69,12 @@ impl<A: Observer, B: Observer> Observer for (A, B) {
 
 impl Observer for StackTable {
     #[inline]
-    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, size: u64) {
-        self.alloc(stack, size, ctx.peak_seq);
+    fn on_alloc(&mut self, ctx: &Ctx, stack: u32, amount: Amount) {
+        self.alloc(stack, amount, ctx.peak_seq);
     }
     #[inline]
-    fn on_release(&mut self, ctx: &Ctx, block: Block, temporary: bool) {
-        self.release(block, temporary, ctx.peak_seq);
+    fn on_release(&mut self, ctx: &Ctx, stack: u32, amount: Amount, temporary: bool) {
+        self.release(stack, amount, temporary, ctx.peak_seq);
     }
 }
 
@@ -117,8 +122,16 @@ pub struct Mark {
 }
 
 /// The replay's global counters: everything `summary` reports.
+///
+/// In a sampled trace (`sample_bytes` set) the calls, bytes and blocks of allocations are estimates
+/// (recorded allocations weighted by `sampling.rs`), rounded to whole numbers: `alloc_calls`,
+/// `calls_by_kind`, `realloc_calls`, `total_allocated_bytes`, the peak's and the leak's bytes and
+/// blocks, the temporary allocations and the inherited blocks, bytes and frees. Everything else is
+/// counted as recorded.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
+    /// The sampling mean of a sampled trace (its amounts are estimates), else `None`.
+    pub sample_bytes: Option<u64>,
     /// Successful allocation calls, realloc included (heaptrack's "calls to allocation functions").
     pub alloc_calls: u64,
     /// Allocation calls by kind, indexed by `AllocKind as usize` (realloc not included).
@@ -148,9 +161,20 @@ pub struct Totals {
     /// itself, with no other allocation or free in between.
     pub temporary_allocs_strict: u64,
     /// Frees of addresses that were not live (allocated before tracing started, or records lost).
+    /// In a sampled trace such frees are `unsampled_frees` instead.
     pub unmatched_frees: u64,
-    /// Reallocs whose old block was not live (counted as plain allocations).
+    /// Reallocs whose old block was not live (counted as plain allocations). In a sampled trace
+    /// such reallocs are `unsampled_reallocs` instead.
     pub unmatched_reallocs: u64,
+    /// In a sampled trace: frees of addresses that were not live, normal there (their allocation
+    /// was not recorded).
+    pub unsampled_frees: u64,
+    /// In a sampled trace: reallocs whose old block was not live (its allocation was not recorded).
+    pub unsampled_reallocs: u64,
+    /// Allocation records (alloc and realloc), as recorded: `alloc_calls` of an unsampled trace.
+    pub recorded_alloc_calls: u64,
+    /// Bytes of those records, as recorded.
+    pub recorded_allocated_bytes: u64,
     /// Allocations that returned an address still live, not explained by a late realloc: the trace
     /// missed a free.
     pub missed_frees: u64,
@@ -206,6 +230,9 @@ pub struct Totals {
 pub struct Replayer {
     heap: LiveHeap,
     totals: Totals,
+    /// The trace's weights; the sums below are in their fixed-point units until `finish`.
+    weights: Weights,
+    sums: Sums,
     ctx: Ctx,
     /// Per thread (by index), the most recent allocation until that thread's next matched free.
     windows: Vec<Window>,
@@ -215,6 +242,22 @@ pub struct Replayer {
     /// A fork child's inherited blocks still live (address -> size): its frees of them match, but
     /// they belong to no stack of this trace and count in none of its measures.
     inherited: FxHashMap<u64, u64>,
+}
+
+/// The estimated totals while a replay runs, in the fixed-point units of its [`Weights`] (in an
+/// unsampled trace, plain bytes and counts: the same numbers as ever).
+#[derive(Clone, Copy, Default)]
+struct Sums {
+    alloc_calls: u64,
+    calls_by_kind: [u64; 7],
+    realloc_calls: u64,
+    allocated_bytes: u64,
+    live: Amount,
+    peak: Amount,
+    temporary: u64,
+    temporary_strict: u64,
+    inherited: Amount,
+    inherited_freed: u64,
 }
 
 /// A thread's most recent allocation, until that thread's next matched free: heaptrack's
@@ -235,9 +278,21 @@ const MAX_WINDOWS: usize = 1 << 16;
 const MAX_DISPLACED: usize = 1 << 20;
 
 impl Replayer {
-    /// A replayer with an empty heap.
+    /// A replayer with an empty heap, for an unsampled trace.
     pub fn new() -> Replayer {
         Replayer::default()
+    }
+
+    /// A replayer with an empty heap, for a trace whose blocks weigh `weights`.
+    pub fn with_weights(weights: Weights) -> Replayer {
+        Replayer {
+            weights,
+            totals: Totals {
+                sample_bytes: weights.sample_bytes(),
+                ..Totals::default()
+            },
+            ..Replayer::default()
+        }
     }
 
     /// The heap as of the records applied so far.
@@ -245,19 +300,14 @@ impl Replayer {
         &self.heap
     }
 
-    /// The counters as of the records applied so far (leaked and duration are set by `finish`).
-    pub fn totals(&self) -> &Totals {
-        &self.totals
-    }
-
     /// Starts the heap with a fork child's inherited blocks (address, size).
     pub fn inherit(&mut self, blocks: impl IntoIterator<Item = (u64, u64)>) {
         self.inherited.extend(blocks);
-        self.totals.inherited_blocks = self.inherited.len() as u64;
-        self.totals.inherited_bytes = self
+        let w = self.weights;
+        self.sums.inherited = self
             .inherited
             .values()
-            .fold(0u64, |a, &b| a.wrapping_add(b));
+            .fold(Amount::default(), |a, &size| a.plus(w.of(size)));
     }
 
     /// The blocks live now, inherited ones included (address, size): a fork child's heap at a
@@ -272,9 +322,13 @@ impl Replayer {
     /// Releases an inherited block at `addr`, if there is one.
     #[cold]
     fn release_inherited(&mut self, addr: u64) -> bool {
-        let freed = self.inherited.remove(&addr).is_some();
-        self.totals.inherited_freed += u64::from(freed);
-        freed
+        match self.inherited.remove(&addr) {
+            Some(size) => {
+                self.sums.inherited_freed += self.weights.of(size).count;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Applies every record of `records`.
@@ -293,8 +347,9 @@ impl Replayer {
         );
     }
 
+    /// Makes `block` live at `addr`; returns what it amounts to.
     #[inline]
-    fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) {
+    fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) -> Amount {
         if !self.inherited.is_empty() {
             // An inherited block here was freed unseen (a parent's event after the fork time).
             self.inherited.remove(&addr);
@@ -302,21 +357,26 @@ impl Replayer {
         if let Some(old) = self.heap.insert(addr, block) {
             self.displaced_block(addr, old, obs);
         }
-        obs.on_alloc(&self.ctx, block.stack, block.size);
-        self.totals.alloc_calls += 1;
-        self.totals.total_allocated_bytes =
-            self.totals.total_allocated_bytes.wrapping_add(block.size);
+        let amount = self.weights.of(block.size);
+        obs.on_alloc(&self.ctx, block.stack, amount);
+        self.sums.alloc_calls += amount.count;
+        self.sums.allocated_bytes = self.sums.allocated_bytes.wrapping_add(amount.bytes);
+        self.sums.live = self.sums.live.plus(amount);
+        self.totals.recorded_alloc_calls += 1;
+        self.totals.recorded_allocated_bytes = self
+            .totals
+            .recorded_allocated_bytes
+            .wrapping_add(block.size);
         *self.window() = Window {
             info: Some((block.size, block.stack)),
             addr: Some(addr),
         };
-        let live = self.heap.bytes();
-        if live > self.totals.peak_live_bytes {
-            self.totals.peak_live_bytes = live;
-            self.totals.peak_live_count = self.heap.len();
+        if self.sums.live.bytes > self.sums.peak.bytes {
+            self.sums.peak = self.sums.live;
             self.totals.peak_time_ns = self.ctx.time;
             self.totals.peak_seq = self.ctx.seq;
         }
+        amount
     }
 
     /// An allocation returned `addr` while `old` was live there: a missed free, or a late realloc
@@ -328,7 +388,9 @@ impl Replayer {
             self.displaced.clear();
         }
         self.displaced.insert(addr, self.ctx.thread);
-        obs.on_release(&self.ctx, old, false);
+        let amount = self.weights.of(old.size);
+        self.sums.live = self.sums.live.minus(amount);
+        obs.on_release(&self.ctx, old.stack, amount, false);
     }
 
     /// Whether a realloc of `old` is a late one whose old block was already released.
@@ -364,17 +426,19 @@ impl Replayer {
     fn release(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
         match self.heap.remove(addr) {
             Some(block) => {
+                let amount = self.weights.of(block.size);
+                self.sums.live = self.sums.live.minus(amount);
                 let window = core::mem::take(self.window());
                 let temporary = window.info == Some((block.size, block.stack));
                 if window.addr == Some(addr) {
-                    self.totals.temporary_allocs_strict += 1;
+                    self.sums.temporary_strict += amount.count;
                 }
                 // Like heaptrack, any matched free ends the "most recent allocation" window (of the
                 // freeing thread).
                 if temporary {
-                    self.totals.temporary_allocs += 1;
+                    self.sums.temporary += amount.count;
                 }
-                obs.on_release(&self.ctx, block, temporary);
+                obs.on_release(&self.ctx, block.stack, amount, temporary);
                 true
             }
             None => false,
@@ -395,8 +459,8 @@ impl Replayer {
                 addr,
             } => {
                 self.begin_event(time);
-                self.totals.calls_by_kind[kind as usize] += 1;
-                self.new_block(addr, Block { size, stack }, obs);
+                let amount = self.new_block(addr, Block { size, stack }, obs);
+                self.sums.calls_by_kind[kind as usize] += amount.count;
             }
             Record::Realloc {
                 time,
@@ -409,15 +473,20 @@ impl Replayer {
                 // do we: the old block (its stack, its size) is released, possibly as temporary, and
                 // the new block belongs to the realloc's stack. In place (`old == new`) is the same.
                 self.begin_event(time);
-                self.totals.realloc_calls += 1;
                 if old != 0
                     && !self.is_late_realloc(old)
                     && !self.release(old, obs)
                     && (self.inherited.is_empty() || !self.release_inherited(old))
                 {
-                    self.totals.unmatched_reallocs += 1;
+                    // In a sampled trace, the old block's own allocation was most likely not
+                    // recorded: nothing is amiss.
+                    match self.weights.sample_bytes() {
+                        None => self.totals.unmatched_reallocs += 1,
+                        Some(_) => self.totals.unsampled_reallocs += 1,
+                    }
                 }
-                self.new_block(new, Block { size, stack }, obs);
+                let amount = self.new_block(new, Block { size, stack }, obs);
+                self.sums.realloc_calls += amount.count;
             }
             Record::Free { time, addr } => {
                 self.begin_event(time);
@@ -426,8 +495,12 @@ impl Replayer {
                     && (self.inherited.is_empty() || !self.release_inherited(addr))
                 {
                     // heaptrack's interpreter drops frees of unknown pointers, so they neither count
-                    // as temporary nor end the temporary window.
-                    self.totals.unmatched_frees += 1;
+                    // as temporary nor end the temporary window. In a sampled trace they are the
+                    // frees of the blocks whose allocations were not recorded.
+                    match self.weights.sample_bytes() {
+                        None => self.totals.unmatched_frees += 1,
+                        Some(_) => self.totals.unsampled_frees += 1,
+                    }
                 }
             }
             ref other => {
@@ -483,10 +556,23 @@ impl Replayer {
         self.totals.duration_ns = self.totals.duration_ns.max(time);
     }
 
-    /// Ends the replay: the totals with leaked bytes and count filled in, and the final heap.
+    /// Ends the replay: the totals with the estimated amounts made whole numbers and the leaked
+    /// bytes and count filled in, and the final heap.
     pub fn finish(mut self) -> (Totals, LiveHeap) {
-        self.totals.leaked_bytes = self.heap.bytes();
-        self.totals.leaked_count = self.heap.len();
+        let (w, s, t) = (self.weights, self.sums, &mut self.totals);
+        t.alloc_calls = w.count(s.alloc_calls);
+        t.calls_by_kind = s.calls_by_kind.map(|n| w.count(n));
+        t.realloc_calls = w.count(s.realloc_calls);
+        t.total_allocated_bytes = w.bytes(s.allocated_bytes);
+        t.peak_live_bytes = w.bytes(s.peak.bytes);
+        t.peak_live_count = w.count(s.peak.count);
+        t.leaked_bytes = w.bytes(s.live.bytes);
+        t.leaked_count = w.count(s.live.count);
+        t.temporary_allocs = w.count(s.temporary);
+        t.temporary_allocs_strict = w.count(s.temporary_strict);
+        t.inherited_blocks = w.count(s.inherited.count);
+        t.inherited_bytes = w.bytes(s.inherited.bytes);
+        t.inherited_freed = w.count(s.inherited_freed);
         (self.totals, self.heap)
     }
 }

@@ -11,7 +11,7 @@ use crate::cli::DiffArgs;
 use crate::key::{self, GroupBy, Key};
 use crate::point::{TracePoint, parse_size, parse_trace_point};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, GroupJson, PrintedStack, StackJson, StackPrinter};
+use crate::report::{self, GroupJson, PrintedStack, SampledJson, StackJson, StackPrinter};
 use anyhow::Result;
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -215,6 +215,19 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         count_after: sb.live_count,
         count_delta: render::delta(sa.live_count, sb.live_count),
     };
+    // Which side's numbers are estimates: one line for one trace, a line per sampled trace of two.
+    let sampled_lines: Vec<String> = if sources.len() == 1 {
+        report::sampled_line(sources[0].totals.sample_bytes, None)
+            .into_iter()
+            .collect()
+    } else {
+        (0..2)
+            .filter_map(|i| {
+                let name = sides[i].path.display().to_string();
+                report::sampled_line(sources[i].totals.sample_bytes, Some(&name))
+            })
+            .collect()
+    };
     let names: Vec<String> = (0..2)
         .map(|i| {
             let s = snap(i);
@@ -222,10 +235,16 @@ pub fn run(args: &DiffArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<
         })
         .collect();
     match args.format {
-        Format::Text => write_text(out, &names, by, &entries, &stacks, changed, &total)?,
+        Format::Text => {
+            for line in &sampled_lines {
+                writeln!(out, "{line}")?;
+            }
+            write_text(out, &names, by, &entries, &stacks, changed, &total)?
+        }
         Format::Json => {
             let point = |i: usize| PointJson {
                 trace: sides[i].path.display().to_string(),
+                sampled: SampledJson::of(sources[snap_of[i].0].totals.sample_bytes),
                 point: snap(i).point.to_string(),
                 time_ns: snap(i).time_ns,
                 live_bytes: snap(i).live_bytes,
@@ -290,6 +309,9 @@ struct Totals {
 #[derive(Serialize)]
 struct PointJson {
     trace: String,
+    /// Only for a sampled trace, whose bytes and counts are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledJson>,
     point: String,
     time_ns: u64,
     live_bytes: u64,

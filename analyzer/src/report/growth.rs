@@ -21,7 +21,7 @@ use crate::capture::{self, Request, Snapshot, describe_marks};
 use crate::cli::GrowthArgs;
 use crate::point::{Point, parse_size};
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, EntryJson, PrintedStack};
+use crate::report::{self, EntryJson, PrintedStack, SampledJson};
 use anyhow::{Result, bail};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
@@ -218,19 +218,25 @@ pub fn run(args: &GrowthArgs, out: &mut dyn Write, err: &mut dyn Write) -> Resul
     );
 
     match args.format {
-        Format::Text => write_text(
-            out,
-            &name,
-            args.marks,
-            &snaps,
-            &ranked,
-            &stacks,
-            total_stacks,
-        )?,
+        Format::Text => {
+            if let Some(line) = report::sampled_line(captured.totals.sample_bytes, None) {
+                writeln!(out, "{line}")?;
+            }
+            write_text(
+                out,
+                &name,
+                args.marks,
+                &snaps,
+                &ranked,
+                &stacks,
+                total_stacks,
+            )?
+        }
         Format::Json => {
             warnings.extend(sym_warnings);
             let doc = GrowthJson {
                 trace: &name,
+                sampled: SampledJson::of(captured.totals.sample_bytes),
                 points: snaps
                     .iter()
                     .map(|s| PointJson {
@@ -302,6 +308,9 @@ struct PointJson {
 #[derive(Serialize)]
 struct GrowthJson<'a> {
     trace: &'a str,
+    /// Only for a sampled trace, whose bytes and counts are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledJson>,
     /// The points looked at, in order.
     points: Vec<PointJson>,
     /// Stacks that kept rising (entries holds the first `-n` of them).

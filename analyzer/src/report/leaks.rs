@@ -8,7 +8,7 @@ use crate::cli::{LeaksArgs, Measure};
 use crate::key::GroupBy;
 use crate::render::{self, Align, Format, Table};
 use crate::report::top::{Ranked, group, rank};
-use crate::report::{self, EntryJson, GroupJson, PrintedStack, StackPrinter};
+use crate::report::{self, EntryJson, GroupJson, PrintedStack, SampledJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -42,6 +42,7 @@ pub fn run(args: &LeaksArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
     match args.format {
         Format::Text => write_text(
             out,
+            t.sample_bytes,
             (t.leaked_bytes, t.leaked_count),
             args.group_by,
             (&ranked, stack_count),
@@ -52,6 +53,7 @@ pub fn run(args: &LeaksArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
             warnings.extend(sym_warnings);
             let doc = LeaksJson {
                 trace: &name,
+                sampled: SampledJson::of(t.sample_bytes),
                 group_by: args.group_by.name(),
                 leaked_bytes: t.leaked_bytes,
                 leaked_count: t.leaked_count,
@@ -79,6 +81,9 @@ pub fn run(args: &LeaksArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result
 #[derive(Serialize)]
 struct LeaksJson<'a> {
     trace: &'a str,
+    /// Only for a sampled trace, whose bytes and counts are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledJson>,
     /// `stack`, `function` or `line`.
     group_by: &'static str,
     /// Bytes live at the end of the trace.
@@ -126,11 +131,15 @@ fn entry_json<'a>(
 
 fn write_text(
     out: &mut dyn Write,
+    sample_bytes: Option<u64>,
     (bytes, count): (u64, u64),
     by: GroupBy,
     (ranked, stack_count): (&[Ranked], usize),
     stacks: &[PrintedStack],
 ) -> Result<()> {
+    if let Some(line) = report::sampled_line(sample_bytes, None) {
+        writeln!(out, "{line}")?;
+    }
     if ranked.is_empty() {
         writeln!(out, "No leaks: every block allocated was freed.")?;
         return Ok(());

@@ -16,6 +16,7 @@ use crate::heap::StackTable;
 use crate::key::{self, GroupBy, Key};
 use crate::render::{self, Format};
 use crate::replay::{Definitions, Replayer, Totals};
+use crate::sampling::Weights;
 use crate::symbols::{ResolvedFrame, SymbolOptions, Symbolizer};
 use crate::view::{self, FrameView};
 use anyhow::Result;
@@ -30,15 +31,39 @@ pub fn open(path: &Path, err: &mut dyn Write) -> Result<Trace> {
     // The reader's messages already name the file; no context to add.
     let trace = Trace::open(path)?;
     warn(err, trace.warnings());
-    if let Some(n) = trace.header().sample_bytes {
-        let _ = writeln!(
-            err,
-            "note: {} is a sampled trace (MEMTRACE_SAMPLE_BYTES={n}): the reports count the \
-             allocations it recorded (of s bytes, a share 1 - exp(-s/{n})), not estimates of all",
-            path.display()
-        );
-    }
     Ok(trace)
+}
+
+/// The line a text report starts with when its numbers are estimates from a sampled trace
+/// (`name`: which trace, when a report reads two).
+pub fn sampled_line(sample_bytes: Option<u64>, name: Option<&str>) -> Option<String> {
+    let n = Weights::new(sample_bytes).sample_bytes()?;
+    let which = name.map_or_else(String::new, |name| format!("{name}: "));
+    Some(format!(
+        "{which}estimates from a sampled trace (MEMTRACE_SAMPLE_BYTES={n}): each recorded \
+         allocation of s bytes counts 1/(1 - exp(-s/{n})) times"
+    ))
+}
+
+/// The `sampled` object of a report's JSON, present when its numbers are estimates.
+#[derive(Clone, Copy, Serialize)]
+pub struct SampledJson {
+    /// The sampling mean (`MEMTRACE_SAMPLE_BYTES`).
+    pub sample_bytes: u64,
+    /// Always true: the report's bytes and counts are estimates of all allocations.
+    pub estimated: bool,
+}
+
+impl SampledJson {
+    /// The object for a trace whose header says `sample_bytes`; `None` when it is not sampled.
+    pub fn of(sample_bytes: Option<u64>) -> Option<SampledJson> {
+        Weights::new(sample_bytes)
+            .sample_bytes()
+            .map(|sample_bytes| SampledJson {
+                sample_bytes,
+                estimated: true,
+            })
+    }
 }
 
 /// Prints `warning: …` lines. A failing stderr is no reason to fail the report.
@@ -64,7 +89,7 @@ pub struct Analysis {
 /// A replayer for the trace at `path`, holding the blocks a fork child inherited (see
 /// `inherit.rs`).
 pub fn new_replayer(trace: &Trace, path: &Path) -> Replayer {
-    let mut replayer = Replayer::new();
+    let mut replayer = Replayer::with_weights(Weights::new(trace.header().sample_bytes));
     replayer.inherit(crate::inherit::inherited_blocks(trace, path));
     replayer
 }
@@ -72,7 +97,8 @@ pub fn new_replayer(trace: &Trace, path: &Path) -> Replayer {
 /// Replays `trace` (read from `path`) once with per-stack statistics and definitions.
 pub fn analyze(trace: &Trace, path: &Path) -> Analysis {
     let mut replayer = new_replayer(trace, path);
-    let mut obs = (StackTable::default(), Definitions::default());
+    let weights = Weights::new(trace.header().sample_bytes);
+    let mut obs = (StackTable::new(weights), Definitions::default());
     let mut records = trace.records();
     replayer.run_records(&mut records, &mut obs);
     let warnings = records.take_warnings();

@@ -9,7 +9,7 @@ use crate::capture::{self, Live, Request};
 use crate::cli::SnapshotArgs;
 use crate::point::parse_trace_point;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, EntryJson, GroupJson, StackPrinter};
+use crate::report::{self, EntryJson, GroupJson, SampledJson, StackPrinter};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -56,6 +56,9 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
     let point = snap.point.to_string();
     match args.format {
         Format::Text => {
+            if let Some(line) = report::sampled_line(captured.totals.sample_bytes, None) {
+                writeln!(out, "{line}")?;
+            }
             if ranked.is_empty() {
                 writeln!(
                     out,
@@ -102,6 +105,7 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
             warnings.extend(sym_warnings);
             let doc = SnapshotJson {
                 trace: &name,
+                sampled: SampledJson::of(captured.totals.sample_bytes),
                 point: &point,
                 group_by: args.group_by.name(),
                 time_ns: snap.time_ns,
@@ -135,6 +139,9 @@ pub fn run(args: &SnapshotArgs, out: &mut dyn Write, err: &mut dyn Write) -> Res
 #[derive(Serialize)]
 struct SnapshotJson<'a> {
     trace: &'a str,
+    /// Only for a sampled trace, whose bytes and counts are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledJson>,
     /// The point as written after `@` (`end` for a bare trace).
     point: &'a str,
     /// `stack`, `function` or `line`.

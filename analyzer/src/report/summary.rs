@@ -1,6 +1,7 @@
 //! `summary`: the whole run in numbers (calls, bytes, peak, leaks, temporary allocations, duration,
 //! threads, marks), as aligned text or one JSON object. It replays without per-stack statistics, so it
-//! is the fastest report.
+//! is the fastest report. For a sampled trace the allocation totals are estimates, and it says so
+//! (and what was recorded).
 
 use crate::cli::SummaryArgs;
 use crate::render::{self, Format};
@@ -78,6 +79,9 @@ struct SummaryJson<'a> {
     parent_trace: Option<&'a str>,
     tool_version: &'a str,
     sample_bytes: Option<u64>,
+    /// Only for a sampled trace, whose allocation totals are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledSummaryJson>,
     duration_ns: u64,
     ended: bool,
     end_time_ns: Option<u64>,
@@ -112,6 +116,21 @@ struct SummaryJson<'a> {
     warnings: &'a [String],
 }
 
+/// `sampled` in `summary`: the common object and what the trace recorded.
+#[derive(Serialize)]
+struct SampledSummaryJson {
+    #[serde(flatten)]
+    sampled: report::SampledJson,
+    /// Allocation records (alloc and realloc), unweighted.
+    recorded_alloc_calls: u64,
+    /// Their bytes, unweighted.
+    recorded_allocated_bytes: u64,
+    /// Frees of blocks whose allocation was not recorded.
+    unsampled_frees: u64,
+    /// Reallocs whose old block's allocation was not recorded.
+    unsampled_reallocs: u64,
+}
+
 fn to_json<'a>(name: &'a str, s: &'a Summary) -> SummaryJson<'a> {
     let t = &s.totals;
     let mut calls_by_kind: BTreeMap<&'static str, u64> = AllocKind::ALL
@@ -129,6 +148,13 @@ fn to_json<'a>(name: &'a str, s: &'a Summary) -> SummaryJson<'a> {
         parent_trace: s.header.parent_trace.as_deref(),
         tool_version: &s.header.tool_version,
         sample_bytes: s.header.sample_bytes,
+        sampled: report::SampledJson::of(t.sample_bytes).map(|sampled| SampledSummaryJson {
+            sampled,
+            recorded_alloc_calls: t.recorded_alloc_calls,
+            recorded_allocated_bytes: t.recorded_allocated_bytes,
+            unsampled_frees: t.unsampled_frees,
+            unsampled_reallocs: t.unsampled_reallocs,
+        }),
         duration_ns: t.duration_ns,
         ended: t.end_time_ns.is_some(),
         end_time_ns: t.end_time_ns,
@@ -198,6 +224,19 @@ fn write_text(out: &mut dyn Write, name: &str, s: &Summary) -> Result<()> {
         process.push_str(&format!(": {}", s.header.executable));
     }
     rows.push(("process", process));
+    if let Some(line) = report::sampled_line(t.sample_bytes, None) {
+        rows.push(("sampled", line));
+        rows.push((
+            "recorded",
+            format!(
+                "{} ({}); {} and {} of blocks not recorded",
+                render::counted(t.recorded_alloc_calls, "allocation call"),
+                render::bytes(t.recorded_allocated_bytes),
+                render::counted(t.unsampled_frees, "free"),
+                render::counted(t.unsampled_reallocs, "realloc"),
+            ),
+        ));
+    }
     if let Some(parent) = &s.header.parent_trace {
         rows.push(("forked from", parent.clone()));
     }

@@ -9,7 +9,9 @@ use crate::cli::{Measure, TopArgs};
 use crate::heap::{StackStats, StackTable};
 use crate::key::GroupBy;
 use crate::render::{self, Align, Format, Table};
-use crate::report::{self, Analysis, EntryJson, GroupJson, PrintedStack, StackPrinter};
+use crate::report::{
+    self, Analysis, EntryJson, GroupJson, PrintedStack, SampledJson, StackPrinter,
+};
 use anyhow::Result;
 use serde::Serialize;
 use std::io::Write;
@@ -139,6 +141,7 @@ pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<E
             let grouped = args.group_by.by_location();
             let doc = TopJson {
                 trace: &name,
+                sampled: SampledJson::of(analysis.totals.sample_bytes),
                 measure: args.by.name(),
                 group_by: args.group_by.name(),
                 total_bytes,
@@ -165,6 +168,9 @@ pub fn run(args: &TopArgs, out: &mut dyn Write, err: &mut dyn Write) -> Result<E
 #[derive(Serialize)]
 struct TopJson<'a> {
     trace: &'a str,
+    /// Only for a sampled trace, whose bytes and counts are then estimates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sampled: Option<SampledJson>,
     /// The measure ranked by.
     measure: &'static str,
     /// `stack`, `function` or `line`.
@@ -233,6 +239,9 @@ fn write_text(
     (total_bytes, total_count): (u64, u64),
 ) -> Result<()> {
     let t = &a.totals;
+    if let Some(line) = report::sampled_line(t.sample_bytes, None) {
+        writeln!(out, "{line}")?;
+    }
     let what = match by {
         Measure::Bytes => "allocated bytes".to_owned(),
         Measure::Count => "allocation calls".to_owned(),

@@ -15,6 +15,8 @@ mod model;
 mod points;
 // Exact numbers of summary, top and leaks.
 mod reports;
+// Estimates from sampled traces, exactly, in every report.
+mod sampling;
 // Module paths that name devices, FIFOs and directories.
 mod hostile;
 // Symbolization of a real binary built with gcc.
