@@ -113,6 +113,14 @@ fn find_forward(ready: bool) {
     }
 }
 
+/// Whether the real allocator is known. While it is being found out, `dlsym` may allocate (its
+/// error strings), and those nested calls must not start the tracer: starting allocates more
+/// than the bootstrap arena holds.
+#[inline]
+pub fn resolved() -> bool {
+    FORWARD.load(Ordering::Acquire) >= GLIBC
+}
+
 /// The forwarding state, finding it out first if need be. `ready`: libc can be asked.
 #[inline(always)]
 fn forward() -> u8 {

@@ -9,6 +9,7 @@ mod alloc_kinds;
 mod allocators;
 mod bad_input;
 mod behaviour;
+mod constructors;
 mod cpp;
 mod cpython_suite;
 mod descriptors;
