@@ -40,6 +40,7 @@ mod sink;
 mod spin;
 mod stacks;
 mod thread;
+mod unwind;
 mod writer;
 
 #[cfg(not(test))]

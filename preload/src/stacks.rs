@@ -1,5 +1,7 @@
-//! Native stacks: capture with framehop from the current registers, cut the tracer's own frames,
-//! and intern each distinct stack as a small id so that it is written to the trace only once.
+//! Native stacks: capture from the current registers (one frame at a time through `unwind.rs`,
+//! stopping early where the stack still holds the previous capture's outer frames), cut the
+//! tracer's own frames, and intern each distinct stack as a small id so that it is written to the
+//! trace only once.
 //!
 //! Interning has two levels: a per-thread direct-mapped cache (no lock, a few comparisons) in front
 //! of a process-wide table behind a spin lock, taken only when a thread meets a stack it has not
@@ -7,9 +9,10 @@
 
 use crate::modules::ModuleMap;
 use crate::spin::SpinMutex;
+use crate::unwind::UnwindCaches;
 use core::hash::BuildHasherDefault;
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
-use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder};
+use framehop::FrameAddress;
+use framehop::x86_64::UnwindRegsX86_64;
 use std::collections::HashMap;
 
 /// Slots in each thread's recent-stacks cache (a power of two), in sets of two.
@@ -57,33 +60,6 @@ impl StackCache {
         let i = Self::set(hash);
         self.slots[i + 1] = self.slots[i];
         self.slots[i] = (hash, id);
-    }
-}
-
-/// framehop's rule caches, several per thread. One framehop cache holds 509 unwind rules,
-/// direct-mapped by address; a program with deep, varied stacks (sqlite, an interpreter) has more
-/// return addresses in play than that, and every miss re-parses the module's CFI. Frames are spread
-/// over the caches by another function of the address, multiplying the capacity.
-pub struct UnwindCaches {
-    caches: Box<[CacheX86_64<MayAllocateDuringUnwind>]>,
-}
-
-/// Rule caches per thread (a power of two); about 16 KiB each.
-const UNWIND_CACHES: usize = 8;
-
-impl UnwindCaches {
-    /// Empty caches.
-    pub fn new() -> UnwindCaches {
-        UnwindCaches {
-            caches: (0..UNWIND_CACHES).map(|_| CacheX86_64::new_in()).collect(),
-        }
-    }
-
-    /// The cache for rules at `address`: framehop indexes within a cache by `address % 509`, so
-    /// the quotient picks the cache.
-    #[inline(always)]
-    fn for_address(&mut self, address: u64) -> &mut CacheX86_64<MayAllocateDuringUnwind> {
-        &mut self.caches[((address / 509) as usize) & (UNWIND_CACHES - 1)]
     }
 }
 
@@ -186,19 +162,39 @@ pub struct Frames {
     len: usize,
     /// Scratch for the inner frames of a capture, innermost first: (return address, slot).
     scratch: Box<[(u64, u64)]>,
+    /// The index of the frame read from each slot, direct-mapped by slot (entries may be stale or
+    /// overwritten: [`Frames::at_slot`] checks them).
+    by_slot: Box<[u16; BY_SLOT]>,
 }
+
+/// Entries of [`Frames::by_slot`] (a power of two): slots are 8 bytes apart at least, so frames
+/// in 4 KiB of stack never collide.
+const BY_SLOT: usize = 512;
 
 impl Frames {
     /// Room for `max` frames per stack.
     pub fn new(max: usize) -> Frames {
-        let max = max.max(1);
+        let max = max.clamp(1, usize::from(u16::MAX));
         Frames {
             rets: vec![0; max].into_boxed_slice(),
             slots: vec![0; max].into_boxed_slice(),
             hashes: vec![0; max].into_boxed_slice(),
             len: 0,
             scratch: vec![(0, 0); max].into_boxed_slice(),
+            by_slot: Box::new([0; BY_SLOT]),
         }
+    }
+
+    #[inline(always)]
+    fn slot_key(slot: u64) -> usize {
+        (slot >> 3) as usize & (BY_SLOT - 1)
+    }
+
+    /// The index of the last capture's frame read from stack slot `slot`, if known.
+    #[inline(always)]
+    fn at_slot(&self, slot: u64) -> Option<usize> {
+        let i = usize::from(self.by_slot[Self::slot_key(slot)]);
+        (i < self.len && self.slots[i] == slot).then_some(i)
     }
 
     /// The last captured stack, outermost first.
@@ -219,21 +215,25 @@ impl Frames {
         self.len = 0;
     }
 
-    /// Keeps the first `keep` (outermost) frames and appends `inner` (innermost first).
+    /// Keeps the first `keep` (outermost) frames and appends `inner` (innermost first), as many
+    /// as there is room for, outermost first.
     fn splice(&mut self, keep: usize, inner: usize) {
         let mut h = if keep == 0 { 0 } else { self.hashes[keep - 1] };
-        let mut at = keep;
-        for &(ret, slot) in self.scratch[..inner].iter().rev() {
-            if at == self.rets.len() {
-                break;
-            }
+        let take = inner.min(self.rets.len() - keep);
+        // Equal lengths, so that the loop needs no bounds checks.
+        let new = &self.scratch[inner - take..inner];
+        let rets = &mut self.rets[keep..keep + take];
+        let slots = &mut self.slots[keep..keep + take];
+        let hashes = &mut self.hashes[keep..keep + take];
+        for j in 0..take {
+            let (ret, slot) = new[take - 1 - j];
             h = hash_step(h, ret);
-            self.rets[at] = ret;
-            self.slots[at] = slot;
-            self.hashes[at] = h;
-            at += 1;
+            rets[j] = ret;
+            slots[j] = slot;
+            hashes[j] = h;
+            self.by_slot[Self::slot_key(slot)] = (keep + j) as u16;
         }
-        self.len = at;
+        self.len = keep + take;
     }
 }
 
@@ -280,7 +280,8 @@ fn hash_frames(outermost_first: &[u64]) -> u64 {
 /// Most allocations repeat the outer part of the previous stack. Each return address is read from a
 /// stack slot; when a frame's slot and return address equal a frame of the previous capture, and
 /// every outer slot of that capture still holds the same return address, the outer frames are the
-/// same call chain and are kept instead of unwound.
+/// same call chain and are kept instead of unwound. Each outer slot is read at most once per
+/// capture: a slot found changed rules out every match outside it.
 #[inline(always)]
 pub fn capture(
     map: &ModuleMap,
@@ -289,8 +290,15 @@ pub fn capture(
     frames: &mut Frames,
 ) -> usize {
     let (pc, sp, bp) = registers();
+    // The readable words: 8-aligned `addr` with `addr - lo <= span`, i.e. inside [sp, stack_hi)
+    // (one comparison: below `lo` wraps around to a huge difference). An unknown or bad top gives
+    // `lo = u64::MAX`, where only the unaligned `u64::MAX` itself would pass.
+    let (lo, span) = match stack_hi.checked_sub(sp).and_then(|s| s.checked_sub(8)) {
+        Some(span) => (sp, span),
+        None => (u64::MAX, 0),
+    };
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
-        if addr < sp || addr.saturating_add(8) > stack_hi || !addr.is_multiple_of(8) {
+        if addr.wrapping_sub(lo) > span || !addr.is_multiple_of(8) {
             return Err(());
         }
         // SAFETY: `addr` is 8-aligned and inside [sp, stack_hi), this thread's own mapped stack
@@ -301,16 +309,12 @@ pub fn capture(
     let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
     let mut address = FrameAddress::from_instruction_pointer(pc);
     let mut n = 0;
-    // Cursor into the previous capture from its innermost frame outward (decreasing index), where
-    // slots increase.
-    let mut k = frames.len;
+    // Frames [0, intact) of the previous capture may still be on the stack: a later match at
+    // index `i` is only checked if `i < intact`. Matches come outward, at decreasing indexes.
+    let mut intact = frames.len;
+    caches.prepare(map);
     while n < max {
-        let Ok(Some(ra)) = map.unwinder.unwind_frame(
-            address,
-            &mut regs,
-            caches.for_address(address.address_for_lookup()),
-            &mut read_stack,
-        ) else {
+        let Some(ra) = caches.unwind_frame(map, address, &mut regs, &mut read_stack) else {
             break;
         };
         let Some(next_address) = FrameAddress::from_return_address(ra) else {
@@ -323,16 +327,23 @@ pub fn capture(
         let slot = regs.sp().wrapping_sub(8);
         frames.scratch[n] = (ra, slot);
         n += 1;
-        while k > 0 && frames.slots[k - 1] < slot {
-            k -= 1;
-        }
-        if k > 0 && frames.slots[k - 1] == slot && frames.rets[k - 1] == ra {
-            let outer = k - 1;
-            let unchanged = (0..outer).all(|i| read_stack(frames.slots[i]) == Ok(frames.rets[i]));
-            if unchanged {
-                // Frames [0, outer) stay; the matched frame and the new inner ones follow.
-                frames.splice(outer, n);
-                return frames.len;
+        if let Some(outer) = frames.at_slot(slot)
+            && outer < intact
+            && frames.rets[outer] == ra
+        {
+            // From the matched frame outward: in a recursion the same call site often recurs at
+            // the same slot under a different chain, which then differs just above it.
+            match (0..outer)
+                .rev()
+                .find(|&i| read_stack(frames.slots[i]) != Ok(frames.rets[i]))
+            {
+                None => {
+                    // Frames [0, outer) stay; the matched frame and the new inner ones follow.
+                    frames.splice(outer, n);
+                    return frames.len;
+                }
+                // Frame `i` changed: no match further out can keep it.
+                Some(i) => intact = i,
             }
         }
     }
@@ -413,6 +424,63 @@ mod tests {
         // Every frame resolves to a module of this process.
         for &f in &seen[0].0 {
             assert!(map.resolve(f).is_some(), "{f:#x}");
+        }
+    }
+
+    /// The calling function's stack with framehop alone, frame by frame and no memo: what
+    /// `capture` must give (outermost first).
+    #[inline(always)]
+    fn framehop_walk(map: &ModuleMap, stack_hi: u64) -> Vec<u64> {
+        use framehop::Unwinder;
+        let (pc, sp, bp) = registers();
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            if addr < sp || addr.saturating_add(8) > stack_hi || !addr.is_multiple_of(8) {
+                return Err(());
+            }
+            // SAFETY: `addr` is 8-aligned and inside [sp, stack_hi), this thread's live stack.
+            Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
+        };
+        let mut cache = framehop::x86_64::CacheX86_64::new();
+        let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
+        let mut address = FrameAddress::from_instruction_pointer(pc);
+        let mut out = Vec::new();
+        while let Ok(Some(ra)) =
+            map.unwinder
+                .unwind_frame(address, &mut regs, &mut cache, &mut read_stack)
+        {
+            out.push(ra);
+            match FrameAddress::from_return_address(ra) {
+                Some(a) => address = a,
+                None => break,
+            }
+        }
+        out.reverse();
+        out
+    }
+
+    /// The learnt rules and the memo give what framehop alone gives, from the first capture (rules
+    /// being learnt) to the later ones (rules applied, memo matches), at varied depths.
+    #[test]
+    fn captures_agree_with_framehop_alone() {
+        crate::modules::rescan(true);
+        let map = &crate::modules::current().unwrap().without_self();
+        let mut cache = UnwindCaches::new();
+        let hi = stack_hi_for_test();
+        let mut frames = Frames::new(64);
+        let mut seen = Vec::new();
+        for i in 0..12 {
+            nested(2 + i % 5, &mut || {
+                capture(map, &mut cache, hi, &mut frames);
+                let ours = frames.outermost_first().to_vec();
+                seen.push((ours, framehop_walk(map, hi)));
+            });
+        }
+        assert!(cache.learnt() >= 6, "rules were learnt: {}", cache.learnt());
+        for (ours, alone) in &seen {
+            assert!(ours.len() >= 6, "{ours:x?}");
+            // The innermost frames are the two call sites, in the closure above.
+            assert_eq!(ours.len(), alone.len(), "{ours:x?} {alone:x?}");
+            assert_eq!(ours[..ours.len() - 1], alone[..alone.len() - 1]);
         }
     }
 

@@ -7,7 +7,8 @@
 //!   (glibc runs those without allocating).
 
 use crate::python::frames::PyFrames;
-use crate::stacks::{Frames, StackCache, UnwindCaches};
+use crate::stacks::{Frames, StackCache};
+use crate::unwind::UnwindCaches;
 use crate::writer::ChunkWriter;
 use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicU32, Ordering};

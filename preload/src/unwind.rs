@@ -1,0 +1,418 @@
+//! One step of native unwinding, fast: a per-thread table of framehop's unwind rules by code
+//! address, in front of framehop itself. Owns the thread's unwinder caches; `stacks.rs` owns the
+//! walk. Safe code: stack reads go through the caller's bounds-checked `read_stack`.
+//!
+//! framehop already caches a rule per address, but a cached step still costs about 150
+//! instructions (a 64-bit division to index the cache, statistics, a generation check, the
+//! generic rule interpreter), and a stack has 20 to 30 of them. Every rule framehop caches has one
+//! of a few shapes: the caller's stack pointer (the CFA) is this frame's `sp` plus a constant or
+//! its `bp` plus 16, and the caller's `bp` is unchanged or read from a fixed offset of `sp` or
+//! from `bp` (`framehop::x86_64::UnwindRuleX86_64`). This module learns which shape framehop uses
+//! at each address the first time the thread meets it, by running framehop there on two made-up
+//! register sets over a made-up stack whose every word tells where it was read from, and then
+//! applies that shape itself with the same checks framehop makes. A rule is only learnt when
+//! framehop served both runs from its own rule cache (so it is one of those shapes, not a one-off
+//! DWARF evaluation) and the second run agrees with what the learnt shape predicts; everything
+//! else (DWARF expressions, a bp restored from below sp in the first frame) stays framehop's, frame
+//! by frame, so every stack is exactly the one framehop alone would give.
+
+use crate::modules::{ModuleMap, NativeUnwinder};
+use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
+use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder};
+
+/// What the thread knows of the rule at one code address, in 8 bytes: with a non-zero `cfa`,
+/// CFA = sp + `cfa` and bp is unchanged (`bp` is [`SAME_BP`]) or was saved at sp + `bp`; with a
+/// zero `cfa`, one of the constants below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rule {
+    cfa: u32,
+    bp: u32,
+}
+
+/// A CFA rule's `bp` when the frame leaves bp alone.
+const SAME_BP: u32 = u32::MAX;
+
+/// Largest CFA offset learnt (framehop's own limit is `u16::MAX * 8`).
+const MAX_CFA: u64 = 1 << 20;
+
+impl Rule {
+    /// Not learnable: framehop unwinds this frame every time.
+    const FRAMEHOP: Rule = Rule { cfa: 0, bp: 0 };
+    /// The outermost frame (its return address is undefined): the walk ends.
+    const END: Rule = Rule { cfa: 0, bp: 1 };
+    /// A frame-pointer frame: CFA = bp + 16, the caller's bp saved at bp.
+    const FP: Rule = Rule { cfa: 0, bp: 2 };
+
+    /// Unwinds one frame as framehop's cached rule does (`UnwindRuleX86_64::exec`): the caller's
+    /// return address, with `regs` moved to the caller; `None` where framehop stops or fails,
+    /// which both end the walk, and for [`Rule::FRAMEHOP`]. `regs` is left as it was on `None`.
+    #[inline(always)]
+    fn exec<F>(self, regs: &mut UnwindRegsX86_64, read_stack: &mut F) -> Option<u64>
+    where
+        F: FnMut(u64) -> Result<u64, ()>,
+    {
+        let sp = regs.sp();
+        let (new_sp, new_bp) = if self.cfa != 0 {
+            let new_sp = sp.checked_add(u64::from(self.cfa))?;
+            let new_bp = if self.bp == SAME_BP {
+                regs.bp()
+            } else {
+                read_stack(sp.checked_add(u64::from(self.bp))?).ok()?
+            };
+            (new_sp, new_bp)
+        } else if self == Rule::FP {
+            let bp = regs.bp();
+            if bp == 0 {
+                return None;
+            }
+            let new_sp = bp.checked_add(16)?;
+            if new_sp <= sp {
+                return None;
+            }
+            (new_sp, read_stack(bp).ok()?)
+        } else {
+            return None;
+        };
+        let ra = read_stack(new_sp - 8).ok()?;
+        // framehop also stops when the frame did not advance (same sp, same ip): impossible
+        // here, where the new sp is always above the old one.
+        if ra == 0 {
+            return None;
+        }
+        regs.set_ip(ra);
+        regs.set_sp(new_sp);
+        regs.set_bp(new_bp);
+        Some(ra)
+    }
+}
+
+/// Entries in a thread's rule table (a power of two); 16 bytes each.
+const RULES: usize = 2048;
+
+/// framehop rule caches per thread (a power of two); about 16 KiB each.
+const FRAMEHOP_CACHES: usize = 8;
+
+/// One thread's unwinding state: learnt rules by address, framehop's rule caches behind them.
+pub struct UnwindCaches {
+    /// Direct-mapped by [`Self::key`]; key 0 is an empty slot (no return address is 0).
+    rules: Box<[(u64, Rule); RULES]>,
+    /// The module map the rules were learnt with (its address; maps are never freed): a new map
+    /// may put other code at the same addresses.
+    map: usize,
+    /// framehop's caches. One holds 509 rules, direct-mapped by address; a program with deep,
+    /// varied stacks (sqlite, an interpreter) has more return addresses in play than that, and
+    /// every miss re-parses the module's CFI. Frames are spread over the caches by another
+    /// function of the address, multiplying the capacity.
+    framehop: Box<[CacheX86_64<MayAllocateDuringUnwind>]>,
+}
+
+impl UnwindCaches {
+    /// Empty caches.
+    pub fn new() -> UnwindCaches {
+        UnwindCaches {
+            rules: Box::new([(0, Rule::FRAMEHOP); RULES]),
+            map: 0,
+            framehop: (0..FRAMEHOP_CACHES)
+                .map(|_| CacheX86_64::new_in())
+                .collect(),
+        }
+    }
+
+    /// Readies the caches for a walk with `map`, forgetting the rules learnt with another map.
+    #[inline(always)]
+    pub fn prepare(&mut self, map: &ModuleMap) {
+        let id = map as *const ModuleMap as usize;
+        if self.map != id {
+            self.forget(id);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn forget(&mut self, map: usize) {
+        self.rules.fill((0, Rule::FRAMEHOP));
+        self.map = map;
+    }
+
+    /// How many addresses have a learnt rule (for tests).
+    #[cfg(test)]
+    pub fn learnt(&self) -> usize {
+        self.rules
+            .iter()
+            .filter(|&&(k, r)| k != 0 && r != Rule::FRAMEHOP)
+            .count()
+    }
+
+    #[inline(always)]
+    fn slot(address: u64) -> usize {
+        (address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - RULES.trailing_zeros())) as usize
+    }
+
+    /// The table key of `address`: the address itself, with the top bit set for an instruction
+    /// pointer (the first frame, whose rule may differ from a return address's), which no user
+    /// space address has.
+    #[inline(always)]
+    fn key(address: FrameAddress) -> u64 {
+        match address {
+            FrameAddress::ReturnAddress(a) => a.get(),
+            FrameAddress::InstructionPointer(a) => a | 1 << 63,
+        }
+    }
+
+    /// Unwinds the frame executing at `address` with registers `regs`: the caller's return
+    /// address, with `regs` moved to the caller, or `None` at the end of the stack or when the
+    /// frame cannot be unwound. Exactly what `framehop`'s `unwind_frame` gives with `map`'s
+    /// unwinder (whose `prepare` was called).
+    #[inline(always)]
+    pub fn unwind_frame<F>(
+        &mut self,
+        map: &ModuleMap,
+        address: FrameAddress,
+        regs: &mut UnwindRegsX86_64,
+        read_stack: &mut F,
+    ) -> Option<u64>
+    where
+        F: FnMut(u64) -> Result<u64, ()>,
+    {
+        let key = Self::key(address);
+        let entry = self.rules[Self::slot(key)];
+        if entry.0 != key {
+            return self.learn(&map.unwinder, address, regs, read_stack);
+        }
+        if entry.1 == Rule::FRAMEHOP {
+            return self.framehop(&map.unwinder, address, regs, read_stack);
+        }
+        entry.1.exec(regs, read_stack)
+    }
+
+    /// framehop's cache for rules at `address`: framehop indexes within a cache by
+    /// `address % 509`, so the quotient picks the cache.
+    fn framehop_cache(&mut self, address: u64) -> &mut CacheX86_64<MayAllocateDuringUnwind> {
+        &mut self.framehop[((address / 509) as usize) & (FRAMEHOP_CACHES - 1)]
+    }
+
+    /// Unwinds one frame with framehop.
+    #[inline(never)]
+    fn framehop<F>(
+        &mut self,
+        unwinder: &NativeUnwinder,
+        address: FrameAddress,
+        regs: &mut UnwindRegsX86_64,
+        read_stack: &mut F,
+    ) -> Option<u64>
+    where
+        F: FnMut(u64) -> Result<u64, ()>,
+    {
+        let cache = self.framehop_cache(address.address_for_lookup());
+        unwinder
+            .unwind_frame(address, regs, cache, read_stack)
+            .ok()
+            .flatten()
+    }
+
+    /// An address met for the first time: unwinds it with framehop, then learns its rule.
+    #[cold]
+    #[inline(never)]
+    fn learn<F>(
+        &mut self,
+        unwinder: &NativeUnwinder,
+        address: FrameAddress,
+        regs: &mut UnwindRegsX86_64,
+        read_stack: &mut F,
+    ) -> Option<u64>
+    where
+        F: FnMut(u64) -> Result<u64, ()>,
+    {
+        let result = self.framehop(unwinder, address, regs, read_stack);
+        let rule = learn_rule(
+            unwinder,
+            self.framehop_cache(address.address_for_lookup()),
+            address,
+        );
+        let key = Self::key(address);
+        self.rules[Self::slot(key)] = (key, rule);
+        result
+    }
+}
+
+/// Made-up stack pointer and frame pointer of the first probe (the second adds [`PROBE_SHIFT`]),
+/// far apart, and the mark on every word of the made-up stack: the word at `a` reads `a ^ WORD`.
+const PROBE_SP: u64 = 0x1000_0000_0000;
+const PROBE_BP: u64 = 0x2000_0000_0000;
+const PROBE_SHIFT: u64 = 0x10_0000;
+const WORD: u64 = 0x4000_0000_0000_0000;
+
+/// Runs framehop at `address` over the made-up stack from (`sp`, `bp`).
+fn probe(
+    unwinder: &NativeUnwinder,
+    cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
+    address: FrameAddress,
+    sp: u64,
+    bp: u64,
+) -> Result<Option<UnwindRegsX86_64>, ()> {
+    let mut regs = UnwindRegsX86_64::new(address.address(), sp, bp);
+    let mut read = |a: u64| Ok(a ^ WORD);
+    match unwinder.unwind_frame(address, &mut regs, cache, &mut read) {
+        Ok(Some(_)) => Ok(Some(regs)),
+        Ok(None) => Ok(None),
+        Err(_) => Err(()),
+    }
+}
+
+/// The shape of framehop's rule at `address`, from a probe that started at (`sp`, `bp`) and gave
+/// `out`.
+fn shape(sp: u64, bp: u64, out: &UnwindRegsX86_64) -> Option<Rule> {
+    let new_sp = out.sp();
+    if out.ip() != (new_sp.wrapping_sub(8) ^ WORD) {
+        return None;
+    }
+    if new_sp == bp + 16 {
+        return (out.bp() == bp ^ WORD).then_some(Rule::FP);
+    }
+    // Multiples of 8, as framehop's are: an 8-aligned stack pointer stays aligned.
+    let cfa = new_sp
+        .checked_sub(sp)
+        .filter(|&c| (8..MAX_CFA).contains(&c) && c % 8 == 0)?;
+    let saved_bp = if out.bp() == bp {
+        SAME_BP
+    } else {
+        let at = (out.bp() ^ WORD)
+            .checked_sub(sp)
+            .filter(|&o| o < MAX_CFA && o % 8 == 0)?;
+        at as u32
+    };
+    Some(Rule {
+        cfa: cfa as u32,
+        bp: saved_bp,
+    })
+}
+
+/// Learns the rule framehop applies at `address` (see the module docs); [`Rule::FRAMEHOP`] when
+/// it is not one of the shapes, or not cached by framehop. `cache` is framehop's cache for the
+/// address, which has just unwound it.
+fn learn_rule(
+    unwinder: &NativeUnwinder,
+    cache: &mut CacheX86_64<MayAllocateDuringUnwind>,
+    address: FrameAddress,
+) -> Rule {
+    let hits = cache.stats().hit_count;
+    let first = probe(unwinder, cache, address, PROBE_SP, PROBE_BP);
+    let (sp2, bp2) = (PROBE_SP + PROBE_SHIFT, PROBE_BP + 2 * PROBE_SHIFT + 8);
+    let second = probe(unwinder, cache, address, sp2, bp2);
+    if cache.stats().hit_count != hits + 2 {
+        // Not from framehop's rule cache: a DWARF evaluation done afresh each time.
+        return Rule::FRAMEHOP;
+    }
+    let rule = match first {
+        Ok(None) => Rule::END,
+        Ok(Some(out)) => match shape(PROBE_SP, PROBE_BP, &out) {
+            Some(rule) => rule,
+            None => return Rule::FRAMEHOP,
+        },
+        Err(()) => return Rule::FRAMEHOP,
+    };
+    // The learnt shape must predict the second probe exactly (the registers a rule may also
+    // restore besides bp are never read by any rule).
+    let mut regs = UnwindRegsX86_64::new(address.address(), sp2, bp2);
+    let predicted = rule
+        .exec(&mut regs, &mut |a: u64| Ok(a ^ WORD))
+        .map(|_| ip_sp_bp(&regs));
+    match second {
+        Ok(out) if out.as_ref().map(ip_sp_bp) == predicted => rule,
+        _ => Rule::FRAMEHOP,
+    }
+}
+
+fn ip_sp_bp(regs: &UnwindRegsX86_64) -> (u64, u64, u64) {
+    (regs.ip(), regs.sp(), regs.bp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use framehop::x86_64::UnwindRuleX86_64;
+
+    /// The shapes above cover every rule framehop can cache: this match stops compiling when
+    /// framehop adds one, and the module docs must then be checked again.
+    #[test]
+    fn every_framehop_rule_has_a_shape() {
+        let rules = [
+            UnwindRuleX86_64::EndOfStack,
+            UnwindRuleX86_64::JustReturn,
+            UnwindRuleX86_64::JustReturnIfFirstFrameOtherwiseFp,
+            UnwindRuleX86_64::OffsetSp { sp_offset_by_8: 3 },
+            UnwindRuleX86_64::OffsetSpAndRestoreBp {
+                sp_offset_by_8: 3,
+                bp_storage_offset_from_sp_by_8: 1,
+            },
+            UnwindRuleX86_64::UseFramePointer,
+            UnwindRuleX86_64::OffsetSpAndPopRegisters {
+                sp_offset_by_8: 1,
+                register_count: 0,
+                encoded_registers_to_pop: 0,
+            },
+        ];
+        for r in rules {
+            let shape = match r {
+                UnwindRuleX86_64::EndOfStack => "end",
+                UnwindRuleX86_64::JustReturn
+                | UnwindRuleX86_64::OffsetSp { .. }
+                | UnwindRuleX86_64::OffsetSpAndRestoreBp { .. }
+                | UnwindRuleX86_64::OffsetSpAndPopRegisters { .. } => "sp",
+                UnwindRuleX86_64::JustReturnIfFirstFrameOtherwiseFp
+                | UnwindRuleX86_64::UseFramePointer => "sp or fp",
+            };
+            assert!(!shape.is_empty());
+        }
+    }
+
+    #[test]
+    fn shapes_are_read_from_probes() {
+        let (sp, bp) = (PROBE_SP, PROBE_BP);
+        let out =
+            |new_sp: u64, new_bp: u64| UnwindRegsX86_64::new((new_sp - 8) ^ WORD, new_sp, new_bp);
+        assert_eq!(
+            shape(sp, bp, &out(sp + 8, bp)),
+            Some(Rule {
+                cfa: 8,
+                bp: SAME_BP
+            })
+        );
+        assert_eq!(
+            shape(sp, bp, &out(sp + 48, (sp + 32) ^ WORD)),
+            Some(Rule { cfa: 48, bp: 32 })
+        );
+        assert_eq!(shape(sp, bp, &out(bp + 16, bp ^ WORD)), Some(Rule::FP));
+        // A bp saved below sp, a CFA that does not move, a return address from elsewhere.
+        assert_eq!(shape(sp, bp, &out(sp + 16, (sp - 8) ^ WORD)), None);
+        assert_eq!(shape(sp, bp, &out(sp, bp)), None);
+        let odd = UnwindRegsX86_64::new(sp ^ WORD, sp + 16, bp);
+        assert_eq!(shape(sp, bp, &odd), None);
+    }
+
+    #[test]
+    fn rules_stop_where_framehop_stops() {
+        let stack: Vec<u64> = vec![0x11, 0x22, 0x33, 0x44, 0, 0x66];
+        let base = stack.as_ptr() as u64;
+        let mut read = |a: u64| {
+            let i = a.checked_sub(base).ok_or(())? / 8;
+            stack.get(i as usize).copied().ok_or(())
+        };
+        let mut regs = UnwindRegsX86_64::new(1, base, base + 8);
+        let r = Rule { cfa: 16, bp: 16 };
+        assert_eq!(r.exec(&mut regs, &mut read), Some(0x22));
+        assert_eq!((regs.sp(), regs.bp()), (base + 16, 0x33));
+        // The return address read is 0: the end.
+        let mut regs = UnwindRegsX86_64::new(1, base, base + 24);
+        assert_eq!(Rule::FP.exec(&mut regs, &mut read), None);
+        assert_eq!(regs.sp(), base, "registers untouched");
+        // Out of the stack.
+        let mut regs = UnwindRegsX86_64::new(1, base, 0);
+        let far = Rule {
+            cfa: 64,
+            bp: SAME_BP,
+        };
+        assert_eq!(far.exec(&mut regs, &mut read), None);
+        assert_eq!(Rule::FP.exec(&mut regs, &mut read), None, "bp 0 ends");
+    }
+}
