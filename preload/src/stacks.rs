@@ -9,10 +9,10 @@
 
 use crate::modules::ModuleMap;
 use crate::spin::SpinMutex;
-use crate::unwind::UnwindCaches;
+use crate::unwind::{Regs, UnwindCaches};
 use core::hash::BuildHasherDefault;
 use framehop::FrameAddress;
-use framehop::x86_64::UnwindRegsX86_64;
+
 use std::collections::HashMap;
 
 /// Slots in each thread's recent-stacks cache (a power of two), in sets of two.
@@ -297,7 +297,7 @@ pub fn capture(
         Some(span) => (sp, span),
         None => (u64::MAX, 0),
     };
-    let mut read_stack = |addr: u64| -> Result<u64, ()> {
+    let read_stack = move |addr: u64| -> Result<u64, ()> {
         if addr.wrapping_sub(lo) > span || !addr.is_multiple_of(8) {
             return Err(());
         }
@@ -306,25 +306,32 @@ pub fn capture(
         Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
     };
     let max = frames.rets.len();
-    let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
-    let mut address = FrameAddress::from_instruction_pointer(pc);
+    let regs = Regs { ip: pc, sp, bp };
+    caches.prepare(map);
+    // The tracer's own frames: the first one, at `pc`, and any other before the program's.
+    let first = FrameAddress::from_instruction_pointer(pc);
+    let mut regs = match caches.unwind_frame(map, first, regs, read_stack) {
+        Some(r) => r,
+        None => {
+            frames.splice(0, 0);
+            return 0;
+        }
+    };
+    while map.is_self(regs.ip) {
+        match caches.unwind_return(map, regs, read_stack) {
+            Some(r) => regs = r,
+            None => {
+                frames.splice(0, 0);
+                return 0;
+            }
+        }
+    }
     let mut n = 0;
     // Frames [0, intact) of the previous capture may still be on the stack: a later match at
     // index `i` is only checked if `i < intact`. Matches come outward, at decreasing indexes.
     let mut intact = frames.len;
-    caches.prepare(map);
     while n < max {
-        let Some(ra) = caches.unwind_frame(map, address, &mut regs, &mut read_stack) else {
-            break;
-        };
-        let Some(next_address) = FrameAddress::from_return_address(ra) else {
-            break;
-        };
-        address = next_address;
-        if n == 0 && map.is_self(ra) {
-            continue;
-        }
-        let slot = regs.sp().wrapping_sub(8);
+        let (ra, slot) = (regs.ip, regs.sp.wrapping_sub(8));
         frames.scratch[n] = (ra, slot);
         n += 1;
         if let Some(outer) = frames.at_slot(slot)
@@ -345,6 +352,10 @@ pub fn capture(
                 // Frame `i` changed: no match further out can keep it.
                 Some(i) => intact = i,
             }
+        }
+        match caches.unwind_return(map, regs, read_stack) {
+            Some(r) => regs = r,
+            None => break,
         }
     }
     frames.splice(0, n);
@@ -441,7 +452,7 @@ mod tests {
             Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
         };
         let mut cache = framehop::x86_64::CacheX86_64::new();
-        let mut regs = UnwindRegsX86_64::new(pc, sp, bp);
+        let mut regs = framehop::x86_64::UnwindRegsX86_64::new(pc, sp, bp);
         let mut address = FrameAddress::from_instruction_pointer(pc);
         let mut out = Vec::new();
         while let Ok(Some(ra)) =

@@ -20,6 +20,18 @@ use crate::modules::{ModuleMap, NativeUnwinder};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
 use framehop::{FrameAddress, MayAllocateDuringUnwind, Unwinder};
 
+/// The registers unwinding reads: framehop's rules and DWARF evaluation read no others (it may
+/// restore more, which nothing then reads). Small, so the walk keeps them in machine registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Regs {
+    /// Instruction pointer (a return address after the first frame).
+    pub ip: u64,
+    /// Stack pointer.
+    pub sp: u64,
+    /// Frame pointer (rbp).
+    pub bp: u64,
+}
+
 /// What the thread knows of the rule at one code address, in 8 bytes: with a non-zero `cfa`,
 /// CFA = sp + `cfa` and bp is unchanged (`bp` is [`SAME_BP`]) or was saved at sp + `bp`; with a
 /// zero `cfa`, one of the constants below.
@@ -44,24 +56,21 @@ impl Rule {
     const FP: Rule = Rule { cfa: 0, bp: 2 };
 
     /// Unwinds one frame as framehop's cached rule does (`UnwindRuleX86_64::exec`): the caller's
-    /// return address, with `regs` moved to the caller; `None` where framehop stops or fails,
-    /// which both end the walk, and for [`Rule::FRAMEHOP`]. `regs` is left as it was on `None`.
+    /// registers, `ip` being the return address; `None` where framehop stops or fails, which both
+    /// end the walk, and for [`Rule::FRAMEHOP`] and [`Rule::END`].
     #[inline(always)]
-    fn exec<F>(self, regs: &mut UnwindRegsX86_64, read_stack: &mut F) -> Option<u64>
-    where
-        F: FnMut(u64) -> Result<u64, ()>,
-    {
-        let sp = regs.sp();
+    fn exec(self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
+        let sp = regs.sp;
         let (new_sp, new_bp) = if self.cfa != 0 {
             let new_sp = sp.checked_add(u64::from(self.cfa))?;
             let new_bp = if self.bp == SAME_BP {
-                regs.bp()
+                regs.bp
             } else {
                 read_stack(sp.checked_add(u64::from(self.bp))?).ok()?
             };
             (new_sp, new_bp)
         } else if self == Rule::FP {
-            let bp = regs.bp();
+            let bp = regs.bp;
             if bp == 0 {
                 return None;
             }
@@ -76,15 +85,18 @@ impl Rule {
         let ra = read_stack(new_sp - 8).ok()?;
         // framehop also stops when the frame did not advance (same sp, same ip): impossible
         // here, where the new sp is always above the old one.
-        if ra == 0 {
-            return None;
-        }
-        regs.set_ip(ra);
-        regs.set_sp(new_sp);
-        regs.set_bp(new_bp);
-        Some(ra)
+        (ra != 0).then_some(Regs {
+            ip: ra,
+            sp: new_sp,
+            bp: new_bp,
+        })
     }
 }
+
+/// How the walk reads the stack: the word at an address, or `Err` outside the readable stack.
+/// A small `Copy` closure, passed by value so that its bounds stay in registers.
+pub trait ReadStack: Fn(u64) -> Result<u64, ()> + Copy {}
+impl<F: Fn(u64) -> Result<u64, ()> + Copy> ReadStack for F {}
 
 /// Entries in a thread's rule table (a power of two); 16 bytes each.
 const RULES: usize = 2048;
@@ -159,30 +171,64 @@ impl UnwindCaches {
         }
     }
 
-    /// Unwinds the frame executing at `address` with registers `regs`: the caller's return
-    /// address, with `regs` moved to the caller, or `None` at the end of the stack or when the
-    /// frame cannot be unwound. Exactly what `framehop`'s `unwind_frame` gives with `map`'s
-    /// unwinder (whose `prepare` was called).
+    /// Unwinds the frame executing at `address` with registers `regs`: the caller's registers
+    /// (`ip` is the return address), or `None` at the end of the stack or when the frame cannot be
+    /// unwound. Exactly what `framehop`'s `unwind_frame` gives with `map`'s unwinder (whose
+    /// `prepare` was called), where it gives a non-zero return address.
     #[inline(always)]
-    pub fn unwind_frame<F>(
+    pub fn unwind_frame(
         &mut self,
         map: &ModuleMap,
         address: FrameAddress,
-        regs: &mut UnwindRegsX86_64,
-        read_stack: &mut F,
-    ) -> Option<u64>
-    where
-        F: FnMut(u64) -> Result<u64, ()>,
-    {
+        regs: Regs,
+        read_stack: impl ReadStack,
+    ) -> Option<Regs> {
         let key = Self::key(address);
-        let entry = self.rules[Self::slot(key)];
-        if entry.0 != key {
+        let (k, rule) = self.rules[Self::slot(key)];
+        if k != key {
             return self.learn(&map.unwinder, address, regs, read_stack);
         }
-        if entry.1 == Rule::FRAMEHOP {
+        if rule == Rule::FRAMEHOP {
             return self.framehop(&map.unwinder, address, regs, read_stack);
         }
-        entry.1.exec(regs, read_stack)
+        rule.exec(regs, read_stack)
+    }
+
+    /// [`Self::unwind_frame`] at the return address `regs.ip` (every frame but the first): the
+    /// hot path, with the rare cases out of line.
+    #[inline(always)]
+    pub fn unwind_return(
+        &mut self,
+        map: &ModuleMap,
+        regs: Regs,
+        read_stack: impl ReadStack,
+    ) -> Option<Regs> {
+        let (key, rule) = self.rules[Self::slot(regs.ip)];
+        if key == regs.ip && (rule.cfa != 0 || rule == Rule::FP) {
+            return rule.exec(regs, read_stack);
+        }
+        // Through memory, on this path only: the walk keeps `regs` in machine registers.
+        let mut out = regs;
+        self.unwind_cold(map, &mut out, read_stack).then_some(out)
+    }
+
+    #[inline(never)]
+    fn unwind_cold(
+        &mut self,
+        map: &ModuleMap,
+        regs: &mut Regs,
+        read_stack: impl ReadStack,
+    ) -> bool {
+        let Some(address) = FrameAddress::from_return_address(regs.ip) else {
+            return false;
+        };
+        match self.unwind_frame(map, address, *regs, read_stack) {
+            Some(r) => {
+                *regs = r;
+                true
+            }
+            None => false,
+        }
     }
 
     /// framehop's cache for rules at `address`: framehop indexes within a cache by
@@ -193,36 +239,38 @@ impl UnwindCaches {
 
     /// Unwinds one frame with framehop.
     #[inline(never)]
-    fn framehop<F>(
+    fn framehop(
         &mut self,
         unwinder: &NativeUnwinder,
         address: FrameAddress,
-        regs: &mut UnwindRegsX86_64,
-        read_stack: &mut F,
-    ) -> Option<u64>
-    where
-        F: FnMut(u64) -> Result<u64, ()>,
-    {
+        regs: Regs,
+        mut read_stack: impl ReadStack,
+    ) -> Option<Regs> {
         let cache = self.framehop_cache(address.address_for_lookup());
+        let mut r = UnwindRegsX86_64::new(regs.ip, regs.sp, regs.bp);
+        // A DWARF evaluation may give a return address of 0: the end, as for the rules.
         unwinder
-            .unwind_frame(address, regs, cache, read_stack)
+            .unwind_frame(address, &mut r, cache, &mut read_stack)
             .ok()
             .flatten()
+            .filter(|&ra| ra != 0)?;
+        Some(Regs {
+            ip: r.ip(),
+            sp: r.sp(),
+            bp: r.bp(),
+        })
     }
 
     /// An address met for the first time: unwinds it with framehop, then learns its rule.
     #[cold]
     #[inline(never)]
-    fn learn<F>(
+    fn learn(
         &mut self,
         unwinder: &NativeUnwinder,
         address: FrameAddress,
-        regs: &mut UnwindRegsX86_64,
-        read_stack: &mut F,
-    ) -> Option<u64>
-    where
-        F: FnMut(u64) -> Result<u64, ()>,
-    {
+        regs: Regs,
+        read_stack: impl ReadStack,
+    ) -> Option<Regs> {
         let result = self.framehop(unwinder, address, regs, read_stack);
         let rule = learn_rule(
             unwinder,
@@ -249,11 +297,15 @@ fn probe(
     address: FrameAddress,
     sp: u64,
     bp: u64,
-) -> Result<Option<UnwindRegsX86_64>, ()> {
+) -> Result<Option<Regs>, ()> {
     let mut regs = UnwindRegsX86_64::new(address.address(), sp, bp);
     let mut read = |a: u64| Ok(a ^ WORD);
     match unwinder.unwind_frame(address, &mut regs, cache, &mut read) {
-        Ok(Some(_)) => Ok(Some(regs)),
+        Ok(Some(_)) => Ok(Some(Regs {
+            ip: regs.ip(),
+            sp: regs.sp(),
+            bp: regs.bp(),
+        })),
         Ok(None) => Ok(None),
         Err(_) => Err(()),
     }
@@ -261,22 +313,22 @@ fn probe(
 
 /// The shape of framehop's rule at `address`, from a probe that started at (`sp`, `bp`) and gave
 /// `out`.
-fn shape(sp: u64, bp: u64, out: &UnwindRegsX86_64) -> Option<Rule> {
-    let new_sp = out.sp();
-    if out.ip() != (new_sp.wrapping_sub(8) ^ WORD) {
+fn shape(sp: u64, bp: u64, out: &Regs) -> Option<Rule> {
+    let new_sp = out.sp;
+    if out.ip != (new_sp.wrapping_sub(8) ^ WORD) {
         return None;
     }
     if new_sp == bp + 16 {
-        return (out.bp() == bp ^ WORD).then_some(Rule::FP);
+        return (out.bp == bp ^ WORD).then_some(Rule::FP);
     }
     // Multiples of 8, as framehop's are: an 8-aligned stack pointer stays aligned.
     let cfa = new_sp
         .checked_sub(sp)
         .filter(|&c| (8..MAX_CFA).contains(&c) && c % 8 == 0)?;
-    let saved_bp = if out.bp() == bp {
+    let saved_bp = if out.bp == bp {
         SAME_BP
     } else {
-        let at = (out.bp() ^ WORD)
+        let at = (out.bp ^ WORD)
             .checked_sub(sp)
             .filter(|&o| o < MAX_CFA && o % 8 == 0)?;
         at as u32
@@ -311,20 +363,17 @@ fn learn_rule(
         },
         Err(()) => return Rule::FRAMEHOP,
     };
-    // The learnt shape must predict the second probe exactly (the registers a rule may also
-    // restore besides bp are never read by any rule).
-    let mut regs = UnwindRegsX86_64::new(address.address(), sp2, bp2);
-    let predicted = rule
-        .exec(&mut regs, &mut |a: u64| Ok(a ^ WORD))
-        .map(|_| ip_sp_bp(&regs));
-    match second {
-        Ok(out) if out.as_ref().map(ip_sp_bp) == predicted => rule,
-        _ => Rule::FRAMEHOP,
+    // The learnt shape must predict the second probe exactly.
+    let start = Regs {
+        ip: address.address(),
+        sp: sp2,
+        bp: bp2,
+    };
+    if second == Ok(rule.exec(start, |a: u64| Ok(a ^ WORD))) {
+        rule
+    } else {
+        Rule::FRAMEHOP
     }
-}
-
-fn ip_sp_bp(regs: &UnwindRegsX86_64) -> (u64, u64, u64) {
-    (regs.ip(), regs.sp(), regs.bp())
 }
 
 #[cfg(test)]
@@ -369,8 +418,11 @@ mod tests {
     #[test]
     fn shapes_are_read_from_probes() {
         let (sp, bp) = (PROBE_SP, PROBE_BP);
-        let out =
-            |new_sp: u64, new_bp: u64| UnwindRegsX86_64::new((new_sp - 8) ^ WORD, new_sp, new_bp);
+        let out = |new_sp: u64, new_bp: u64| Regs {
+            ip: (new_sp - 8) ^ WORD,
+            sp: new_sp,
+            bp: new_bp,
+        };
         assert_eq!(
             shape(sp, bp, &out(sp + 8, bp)),
             Some(Rule {
@@ -386,7 +438,11 @@ mod tests {
         // A bp saved below sp, a CFA that does not move, a return address from elsewhere.
         assert_eq!(shape(sp, bp, &out(sp + 16, (sp - 8) ^ WORD)), None);
         assert_eq!(shape(sp, bp, &out(sp, bp)), None);
-        let odd = UnwindRegsX86_64::new(sp ^ WORD, sp + 16, bp);
+        let odd = Regs {
+            ip: sp ^ WORD,
+            sp: sp + 16,
+            bp,
+        };
         assert_eq!(shape(sp, bp, &odd), None);
     }
 
@@ -394,25 +450,31 @@ mod tests {
     fn rules_stop_where_framehop_stops() {
         let stack: Vec<u64> = vec![0x11, 0x22, 0x33, 0x44, 0, 0x66];
         let base = stack.as_ptr() as u64;
-        let mut read = |a: u64| {
+        let stack = &stack;
+        let read = move |a: u64| {
             let i = a.checked_sub(base).ok_or(())? / 8;
             stack.get(i as usize).copied().ok_or(())
         };
-        let mut regs = UnwindRegsX86_64::new(1, base, base + 8);
+        let at = |sp, bp| Regs { ip: 1, sp, bp };
         let r = Rule { cfa: 16, bp: 16 };
-        assert_eq!(r.exec(&mut regs, &mut read), Some(0x22));
-        assert_eq!((regs.sp(), regs.bp()), (base + 16, 0x33));
+        let caller = r.exec(at(base, base + 8), read);
+        assert_eq!(
+            caller,
+            Some(Regs {
+                ip: 0x22,
+                sp: base + 16,
+                bp: 0x33
+            })
+        );
         // The return address read is 0: the end.
-        let mut regs = UnwindRegsX86_64::new(1, base, base + 24);
-        assert_eq!(Rule::FP.exec(&mut regs, &mut read), None);
-        assert_eq!(regs.sp(), base, "registers untouched");
+        assert_eq!(Rule::FP.exec(at(base, base + 24), read), None);
         // Out of the stack.
-        let mut regs = UnwindRegsX86_64::new(1, base, 0);
         let far = Rule {
             cfa: 64,
             bp: SAME_BP,
         };
-        assert_eq!(far.exec(&mut regs, &mut read), None);
-        assert_eq!(Rule::FP.exec(&mut regs, &mut read), None, "bp 0 ends");
+        assert_eq!(far.exec(at(base, 0), read), None);
+        assert_eq!(Rule::FP.exec(at(base, 0), read), None, "bp 0 ends");
+        assert_eq!(Rule::END.exec(at(base, base), read), None);
     }
 }
