@@ -52,7 +52,7 @@ pub fn ensure_started() -> bool {
             }
             true
         }
-        UNINIT if libc_ready() && crate::real::resolved() => {
+        UNINIT if libc_ready() && crate::real::resolve() => {
             start();
             active()
         }

@@ -113,12 +113,11 @@ fn find_forward(ready: bool) {
     }
 }
 
-/// Whether the real allocator is known. While it is being found out, `dlsym` may allocate (its
-/// error strings), and those nested calls must not start the tracer: starting allocates more
-/// than the bootstrap arena holds.
-#[inline]
-pub fn resolved() -> bool {
-    FORWARD.load(Ordering::Acquire) >= GLIBC
+/// Whether the real allocator is known, finding it out first if need be (libc must be ready).
+/// `false` while it is being found out: `dlsym` allocates (its error strings), and those nested
+/// calls must not start the tracer, since starting allocates more than the bootstrap arena holds.
+pub fn resolve() -> bool {
+    forward() >= GLIBC
 }
 
 /// The forwarding state, finding it out first if need be. `ready`: libc can be asked.
