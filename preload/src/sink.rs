@@ -10,8 +10,11 @@ use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use memtrace_format::record::{FILE_MAGIC, HEADER_SIZE};
 use std::ffi::CString;
 
-/// Address space reserved for the mapping: the largest trace one process can write.
+/// Address space reserved for the mapping: the largest trace one process can write. Where that
+/// much address space is not allowed (`ulimit -v`, valgrind), halves of it are tried down to
+/// [`MIN_RESERVE`].
 const RESERVE: usize = 1 << 40;
+const MIN_RESERVE: usize = 64 << 20;
 /// First and largest growth steps.
 const FIRST_STEP: usize = 64 << 10;
 const MAX_STEP: usize = 64 << 20;
@@ -22,6 +25,8 @@ const CLOSED: usize = usize::MAX / 4;
 pub struct Sink {
     fd: AtomicI32,
     base: AtomicUsize,
+    /// Bytes reserved at `base`.
+    reserved: AtomicUsize,
     mapped: AtomicUsize,
     next: AtomicUsize,
     /// Bumped when the file is replaced (fork child): chunks claimed before are no longer ours.
@@ -39,6 +44,7 @@ pub struct Sink {
 pub static SINK: Sink = Sink {
     fd: AtomicI32::new(-1),
     base: AtomicUsize::new(0),
+    reserved: AtomicUsize::new(0),
     mapped: AtomicUsize::new(0),
     next: AtomicUsize::new(CLOSED),
     epoch: AtomicU32::new(0),
@@ -123,6 +129,30 @@ fn open_trace_file(path: &str) -> Result<(i32, String), String> {
     Ok((fd, path.to_owned()))
 }
 
+/// Reserves address space for the mapping: [`RESERVE`] bytes, or the largest half of it down to
+/// [`MIN_RESERVE`] that the process may have. Returns its start and size.
+fn reserve() -> Option<(usize, usize)> {
+    let mut size = RESERVE;
+    while size >= MIN_RESERVE {
+        // SAFETY: a fresh PROT_NONE reservation; MAP_NORESERVE keeps it out of the commit charge.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p != libc::MAP_FAILED {
+            return Some((p as usize, size));
+        }
+        size /= 2;
+    }
+    None
+}
+
 fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return false;
@@ -172,22 +202,12 @@ impl Sink {
         let (dev, ino) = identity(fd).unwrap_or((0, 0));
         let mut base = self.base.load(Ordering::Relaxed);
         if base == 0 {
-            // SAFETY: a fresh PROT_NONE reservation; MAP_NORESERVE keeps it out of the commit charge.
-            let p = unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    RESERVE,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
+            let Some((p, size)) = reserve() else {
                 close(fd);
                 return Err("cannot reserve address space for the trace".into());
-            }
-            base = p as usize;
+            };
+            base = p;
+            self.reserved.store(size, Ordering::Relaxed);
             self.base.store(base, Ordering::Relaxed);
         } else {
             // Fork child: drop the parent's file from our reservation without unreserving it.
@@ -249,8 +269,13 @@ impl Sink {
             return Ok(None);
         }
         let end = off + len;
-        if end > RESERVE {
-            return Err("the trace reached its maximum size (1 TiB); tracing stops".into());
+        let reserved = self.reserved.load(Ordering::Relaxed);
+        if end > reserved {
+            return Err(format!(
+                "the trace reached its maximum size ({} MiB of address space could be reserved); \
+                 tracing stops",
+                reserved >> 20
+            ));
         }
         if end > self.mapped.load(Ordering::Acquire) {
             let g = self.grow.lock();
@@ -342,7 +367,7 @@ impl Sink {
             ));
         }
         // SAFETY: [base+mapped, base+mapped+step) lies inside our reservation (claim checks
-        // RESERVE); MAP_FIXED replaces only our own PROT_NONE placeholder there, and the file
+        // the reservation); MAP_FIXED replaces only our own PROT_NONE placeholder there, and the file
         // range was just allocated, so touching the pages cannot SIGBUS.
         let p = unsafe {
             libc::mmap(

@@ -132,3 +132,23 @@ fn default_output_is_named_after_program_and_pid_in_the_cwd() {
         "expected one file memtrace.{exe}.<pid>.bin, found {names:?}"
     );
 }
+
+/// Under `ulimit -v` the trace's 1 TiB address-space reservation is refused; a smaller one is taken
+/// and every allocation is still traced (`fixtures/stress.c`: each thread's calls at its two sites
+/// are fixed by its arguments).
+#[test]
+fn a_process_limited_in_address_space_is_still_traced() {
+    let fx = fixture("stress.c");
+    let exe = fx.exe.to_str().expect("utf-8 path");
+    let traced = run_traced(&Program::new("sh").args([
+        "-c",
+        "ulimit -v 2000000 && exec \"$0\" 4 20000",
+        exe,
+    ]));
+    traced.output.assert_code(0, "stress under ulimit -v");
+    let top = traced.top("bytes");
+    let calls =
+        ["stress_malloc", "stress_realloc"].map(|f| memtrace_tests::sum_at_innermost(&top, f).1);
+    assert_eq!(calls, [4 * 20_000, 4 * 2_500], "calls at the two sites");
+    traced.summary().assert_consistent("stress under ulimit -v");
+}
