@@ -11,7 +11,7 @@
 
 use crate::heap::{Block, LiveHeap, StackTable};
 use crate::sampling::{Amount, Weights};
-use memtrace_format::{Frame, ModuleInfo, PyCodeInfo, Record, Records, ThreadRecord};
+use memtrace_format::{AllocKind, Frame, ModuleInfo, PyCodeInfo, Record, Records, ThreadRecord};
 use rustc_hash::FxHashMap;
 
 /// Where the replay is when an observer is called.
@@ -234,8 +234,12 @@ pub struct Replayer {
     weights: Weights,
     sums: Sums,
     ctx: Ctx,
-    /// Per thread (by index), the most recent allocation until that thread's next matched free.
+    /// The current thread's most recent allocation, until that thread's next matched free.
+    window: Window,
+    /// The other threads' windows, by thread index (`window`'s own entry is stale).
     windows: Vec<Window>,
+    /// The index in `windows` of the thread whose window is `window`.
+    window_slot: usize,
     /// Addresses allocated while still live, with the allocating thread: candidates for a late
     /// realloc. Only as large as the number of such anomalies.
     displaced: FxHashMap<u64, u32>,
@@ -264,14 +268,86 @@ struct Sums {
 /// `lastAllocationPtr`, kept per thread.
 #[derive(Clone, Copy, Default)]
 struct Window {
-    /// (size, stack) of the allocation: heaptrack compares this "allocation info".
-    info: Option<(u64, u32)>,
+    /// Whether there is such an allocation (the fields below are its).
+    open: bool,
+    /// Its size and stack: heaptrack compares this "allocation info".
+    size: u64,
+    stack: u32,
     /// Its address, for the strict count.
-    addr: Option<u64>,
+    addr: u64,
 }
 
 /// Threads with a window of their own.
 const MAX_WINDOWS: usize = 1 << 16;
+
+/// Heap events applied together by [`Replayer::run_records`].
+const BATCH: usize = 64;
+
+/// A heap event (an alloc, realloc or free record), compact: what the replay keeps of it while it
+/// waits in a batch.
+#[derive(Clone, Copy)]
+struct Event {
+    thread: u32,
+    stack: u32,
+    kind: EventKind,
+    time: u64,
+    size: u64,
+    /// The block's address (a realloc's new block).
+    addr: u64,
+}
+
+#[derive(Clone, Copy)]
+enum EventKind {
+    Alloc { kind: AllocKind },
+    Realloc { old: u64 },
+    Free,
+}
+
+impl Event {
+    /// The heap event of `record`, if it is one.
+    #[inline(always)]
+    fn of(thread: u32, record: &Record) -> Option<Event> {
+        Some(match *record {
+            Record::Alloc {
+                time,
+                kind,
+                stack,
+                size,
+                addr,
+            } => Event {
+                thread,
+                stack,
+                kind: EventKind::Alloc { kind },
+                time,
+                size,
+                addr,
+            },
+            Record::Realloc {
+                time,
+                stack,
+                size,
+                old,
+                new,
+            } => Event {
+                thread,
+                stack,
+                kind: EventKind::Realloc { old },
+                time,
+                size,
+                addr: new,
+            },
+            Record::Free { time, addr } => Event {
+                thread,
+                stack: 0,
+                kind: EventKind::Free,
+                time,
+                size: 0,
+                addr,
+            },
+            _ => return None,
+        })
+    }
+}
 
 /// Beyond this many unexplained re-allocations of live addresses, forget the oldest evidence (the
 /// trace is then missing frees wholesale, and late reallocs are the least of its problems).
@@ -339,16 +415,57 @@ impl Replayer {
     }
 
     /// Applies every remaining record of a trace's stream: [`Replayer::run`] over [`Records`], the
-    /// fast way (records are applied where they are decoded, never moved).
+    /// fast way.
+    ///
+    /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), heap events are applied
+    /// in batches of [`BATCH`], in their order: first every event's home slot in the live heap is
+    /// loaded, then the events are applied. Each lookup would otherwise miss alone, with the
+    /// decoding of the next record waiting behind it; loaded together, a batch's misses overlap.
+    /// Any other record first applies the batch before it, so observers see the exact order of
+    /// the trace. While the heap fits the caches, batching would only cost the copies.
     pub fn run_records<O: Observer>(&mut self, records: &mut Records<'_>, obs: &mut O) {
+        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
         records.for_each_ref(
             #[inline(always)]
-            |thread, record| self.apply(thread, record, obs),
+            |thread, record| match Event::of(thread, record) {
+                Some(event) if batch.is_empty() && !self.heap.is_large() => {
+                    self.apply_event(event, obs);
+                }
+                Some(event) => {
+                    batch.push(event);
+                    if batch.len() == BATCH {
+                        self.apply_batch(&mut batch, obs);
+                    }
+                }
+                None => {
+                    self.apply_batch(&mut batch, obs);
+                    self.apply_other(thread, record, obs);
+                }
+            },
         );
+        self.apply_batch(&mut batch, obs);
+    }
+
+    /// Applies the heap events of `batch` (emptying it), their heap slots loaded first.
+    #[inline(never)]
+    fn apply_batch<O: Observer>(&mut self, batch: &mut Vec<Event>, obs: &mut O) {
+        let mut seen = 0u64;
+        for e in batch.iter() {
+            seen ^= self.heap.touch(e.addr);
+            if let EventKind::Realloc { old } = e.kind {
+                seen ^= self.heap.touch(old);
+            }
+        }
+        // The loads above exist only to start the cache misses early: keep them.
+        std::hint::black_box(seen);
+        for &e in batch.iter() {
+            self.apply_event(e, obs);
+        }
+        batch.clear();
     }
 
     /// Makes `block` live at `addr`; returns what it amounts to.
-    #[inline]
+    #[inline(always)]
     fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) -> Amount {
         if !self.inherited.is_empty() {
             // An inherited block here was freed unseen (a parent's event after the fork time).
@@ -367,9 +484,11 @@ impl Replayer {
             .totals
             .recorded_allocated_bytes
             .wrapping_add(block.size);
-        *self.window() = Window {
-            info: Some((block.size, block.stack)),
-            addr: Some(addr),
+        self.window = Window {
+            open: true,
+            size: block.size,
+            stack: block.stack,
+            addr,
         };
         if self.sums.live.bytes > self.sums.peak.bytes {
             self.sums.peak = self.sums.live;
@@ -410,27 +529,35 @@ impl Replayer {
         }
     }
 
-    /// The calling thread's temporary-allocation window. Thread indices are small and dense;
-    /// past [`MAX_WINDOWS`] (only a corrupt trace gets there) threads share the last slot.
-    #[inline]
-    fn window(&mut self) -> &mut Window {
-        let t = (self.ctx.thread as usize).min(MAX_WINDOWS - 1);
-        if t >= self.windows.len() {
-            self.windows.resize(t + 1, Window::default());
+    /// Makes `thread` the current thread: its temporary-allocation window becomes `window`.
+    /// Thread indices are small and dense; past [`MAX_WINDOWS`] (only a corrupt trace gets there)
+    /// threads share the last slot.
+    #[cold]
+    fn switch_thread(&mut self, thread: u32) {
+        let slot = (thread as usize).min(MAX_WINDOWS - 1);
+        if slot != self.window_slot {
+            let need = slot.max(self.window_slot) + 1;
+            if self.windows.len() < need {
+                self.windows.resize(need, Window::default());
+            }
+            self.windows[self.window_slot] = self.window;
+            self.window = self.windows[slot];
+            self.window_slot = slot;
         }
-        &mut self.windows[t]
+        self.ctx.thread = thread;
     }
 
     /// Releases `addr` if it is live; returns whether it was.
-    #[inline]
+    #[inline(always)]
     fn release(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
         match self.heap.remove(addr) {
             Some(block) => {
                 let amount = self.weights.of(block.size);
                 self.sums.live = self.sums.live.minus(amount);
-                let window = core::mem::take(self.window());
-                let temporary = window.info == Some((block.size, block.stack));
-                if window.addr == Some(addr) {
+                let window = core::mem::take(&mut self.window);
+                let temporary =
+                    window.open && window.size == block.size && window.stack == block.stack;
+                if window.open && window.addr == addr {
                     self.sums.temporary_strict += amount.count;
                 }
                 // Like heaptrack, any matched free ends the "most recent allocation" window (of the
@@ -448,27 +575,29 @@ impl Replayer {
     /// Applies one record written by `thread`.
     #[inline(always)]
     pub fn apply<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
+        match Event::of(thread, record) {
+            Some(event) => self.apply_event(event, obs),
+            None => self.apply_other(thread, record, obs),
+        }
+    }
+
+    /// Applies one heap event.
+    #[inline(always)]
+    fn apply_event<O: Observer>(&mut self, e: Event, obs: &mut O) {
         self.totals.records += 1;
-        self.ctx.thread = thread;
-        match *record {
-            Record::Alloc {
-                time,
-                kind,
-                stack,
-                size,
-                addr,
-            } => {
+        if e.thread != self.ctx.thread {
+            self.switch_thread(e.thread);
+        }
+        let (time, stack, size) = (e.time, e.stack, e.size);
+        match e.kind {
+            EventKind::Alloc { kind } => {
+                let addr = e.addr;
                 self.begin_event(time);
                 let amount = self.new_block(addr, Block { size, stack }, obs);
                 self.sums.calls_by_kind[kind as usize] += amount.count;
             }
-            Record::Realloc {
-                time,
-                stack,
-                size,
-                old,
-                new,
-            } => {
+            EventKind::Realloc { old } => {
+                let new = e.addr;
                 // heaptrack records a realloc as a free of `old` followed by a malloc of `new`, and so
                 // do we: the old block (its stack, its size) is released, possibly as temporary, and
                 // the new block belongs to the realloc's stack. In place (`old == new`) is the same.
@@ -488,7 +617,8 @@ impl Replayer {
                 let amount = self.new_block(new, Block { size, stack }, obs);
                 self.sums.realloc_calls += amount.count;
             }
-            Record::Free { time, addr } => {
+            EventKind::Free => {
+                let addr = e.addr;
                 self.begin_event(time);
                 self.totals.free_calls += 1;
                 if !self.release(addr, obs)
@@ -503,43 +633,49 @@ impl Replayer {
                     }
                 }
             }
-            ref other => {
-                match other {
-                    Record::Stack { .. } => self.totals.stacks += 1,
-                    Record::Module(_) => self.totals.modules += 1,
-                    Record::PyCode(_) => self.totals.python_codes += 1,
-                    Record::ModuleUnload { time, .. } => {
-                        self.set_time(*time);
-                        self.totals.module_unloads += 1;
-                    }
-                    Record::Mark { time, label } => {
-                        self.set_time(*time);
-                        self.totals.marks.push(Mark {
-                            time: *time,
-                            thread,
-                            label: label.clone(),
-                        });
-                    }
-                    Record::ThreadName { name } => {
-                        match self
-                            .totals
-                            .thread_names
-                            .iter_mut()
-                            .find(|(t, _)| *t == thread)
-                        {
-                            Some(entry) => entry.1 = name.clone(),
-                            None => self.totals.thread_names.push((thread, name.clone())),
-                        }
-                    }
-                    Record::End { time } => {
-                        self.set_time(*time);
-                        self.totals.end_time_ns.get_or_insert(*time);
-                    }
-                    _ => {}
-                }
-                obs.on_other(&self.ctx, other);
-            }
         }
+    }
+
+    /// Applies a record that is not a heap event.
+    fn apply_other<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
+        self.totals.records += 1;
+        if thread != self.ctx.thread {
+            self.switch_thread(thread);
+        }
+        match record {
+            Record::Stack { .. } => self.totals.stacks += 1,
+            Record::Module(_) => self.totals.modules += 1,
+            Record::PyCode(_) => self.totals.python_codes += 1,
+            Record::ModuleUnload { time, .. } => {
+                self.set_time(*time);
+                self.totals.module_unloads += 1;
+            }
+            Record::Mark { time, label } => {
+                self.set_time(*time);
+                self.totals.marks.push(Mark {
+                    time: *time,
+                    thread,
+                    label: label.clone(),
+                });
+            }
+            Record::ThreadName { name } => {
+                match self
+                    .totals
+                    .thread_names
+                    .iter_mut()
+                    .find(|(t, _)| *t == thread)
+                {
+                    Some(entry) => entry.1 = name.clone(),
+                    None => self.totals.thread_names.push((thread, name.clone())),
+                }
+            }
+            Record::End { time } => {
+                self.set_time(*time);
+                self.totals.end_time_ns.get_or_insert(*time);
+            }
+            Record::Alloc { .. } | Record::Realloc { .. } | Record::Free { .. } => {}
+        }
+        obs.on_other(&self.ctx, record);
     }
 
     #[inline]

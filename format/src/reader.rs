@@ -34,15 +34,20 @@ impl Bytes {
 
     /// Fills `buf` with bytes from `offset`, fewer where the file ends (or shrank under us).
     fn read_at(&self, offset: usize, buf: &mut Vec<u8>, len: usize) {
-        buf.clear();
         let end = offset.saturating_add(len).min(self.len());
         if offset >= end {
+            buf.clear();
             return;
         }
         match self {
-            Bytes::Owned(v) => buf.extend_from_slice(&v[offset..end]),
+            Bytes::Owned(v) => {
+                buf.clear();
+                buf.extend_from_slice(&v[offset..end]);
+            }
             Bytes::File { file, .. } => {
                 use std::os::unix::fs::FileExt;
+                // The read overwrites what the buffer held (the previous chunk): only its growth
+                // is zeroed, not every chunk again.
                 buf.resize(end - offset, 0);
                 let mut done = 0;
                 while done < buf.len() {
