@@ -92,7 +92,7 @@ fn seal(out: &mut [u8], record_tag: u8, end: usize) -> Option<usize> {
 }
 
 /// Encodes an allocation record (FORMAT.md §4.2).
-#[inline]
+#[inline(always)]
 pub fn encode_alloc(
     out: &mut [u8],
     st: &mut ChunkState,
@@ -114,7 +114,7 @@ pub fn encode_alloc(
 }
 
 /// Encodes a realloc record (FORMAT.md §4.3). `old` is 0 for `realloc(NULL, n)`.
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn encode_realloc(
     out: &mut [u8],
@@ -138,7 +138,7 @@ pub fn encode_realloc(
 }
 
 /// Encodes a free record (FORMAT.md §4.4).
-#[inline]
+#[inline(always)]
 pub fn encode_free(out: &mut [u8], st: &mut ChunkState, time: u64, addr: u64) -> Option<usize> {
     let mut pos = 1;
     write_u64(out, &mut pos, time.wrapping_sub(st.time))?;

@@ -96,9 +96,33 @@ impl ChunkWriter {
     }
 
     /// Writes one record with `encode`, which gets the free space and the chunk's delta state and
-    /// returns the bytes written (`None` when it does not fit). `time` is the record's time (for
-    /// untimed records, the thread's last time).
+    /// returns the bytes written (`None` when it does not fit, the state unchanged). `time` is the
+    /// record's time (for untimed records, the thread's last time).
+    ///
+    /// Inlined into each hook: a record that fits in the current chunk costs the encoding and a
+    /// few stores; a full chunk, or none, takes [`ChunkWriter::write_slow`].
+    #[inline(always)]
     pub fn write(
+        &mut self,
+        time: u64,
+        mut encode: impl FnMut(&mut [u8], &mut ChunkState) -> Option<usize>,
+    ) -> Result<(), WriteError> {
+        let used = self.used;
+        if let Some(buf) = self.claim.and_then(whole)
+            && let Some(free) = buf.get_mut(used..)
+            && let Some(n) = encode(free, &mut self.state)
+        {
+            self.used = used + n;
+            self.last_time = self.last_time.max(self.state.time);
+            return Ok(());
+        }
+        self.write_slow(time, encode)
+    }
+
+    /// [`ChunkWriter::write`] when the record needs a new chunk.
+    #[cold]
+    #[inline(never)]
+    fn write_slow(
         &mut self,
         time: u64,
         mut encode: impl FnMut(&mut [u8], &mut ChunkState) -> Option<usize>,
@@ -229,6 +253,7 @@ fn decode_base_time(chunk: &[u8]) -> u64 {
 }
 
 /// All of a claimed chunk's bytes, while its sink epoch is current.
+#[inline(always)]
 fn whole<'a>(c: Claim) -> Option<&'a mut [u8]> {
     if c.epoch != SINK.epoch() {
         return None;
