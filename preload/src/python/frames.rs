@@ -87,6 +87,14 @@ pub fn read_direct(addr: u64) -> Option<u64> {
     Some(unsafe { core::ptr::read_unaligned(addr as *const u64) })
 }
 
+/// Reads 8 bytes at `addr`, a field of an object whose address `walk` found to be at least 4096.
+#[inline(always)]
+fn read_field(addr: u64) -> Option<u64> {
+    // SAFETY: as in `read_direct`; `walk` reads only at small field offsets from object addresses
+    // it has compared with 4096 itself, so the null page is never read.
+    Some(unsafe { core::ptr::read_unaligned(addr as *const u64) })
+}
+
 /// Reads 8 bytes at `addr` through the kernel, which fails instead of faulting on an unmapped
 /// address: the self-check's reader.
 fn read_checked(addr: u64) -> Option<u64> {
@@ -116,11 +124,15 @@ pub fn capture(interp: &Interp, out: &mut PyFrames) -> u64 {
     if tstate == 0 {
         return 0;
     }
-    walk(interp, tstate, read_direct, false, out).unwrap_or(0)
+    walk(interp, tstate, read_field, false, out).unwrap_or(0)
 }
 
 /// Walks the chain with `read`. `strict`: any frame whose code is not a code object fails the walk
 /// (`None`) instead of being skipped.
+///
+/// Every address read is a small field offset from an object address (thread state, frame, code
+/// object) that was first compared with 4096 here: one comparison per object, none per read, so
+/// `read` need not check for the null page. An object address below 4096 fails the walk.
 #[inline(always)]
 fn walk(
     interp: &Interp,
@@ -130,18 +142,20 @@ fn walk(
     out: &mut PyFrames,
 ) -> Option<u64> {
     let l = interp.layout;
-    let mut frame = read(tstate + l.tstate_frame as u64)?;
+    let object = |p: u64| (p >= 4096).then_some(p);
+    let mut frame = read(object(tstate)? + l.tstate_frame as u64)?;
     if let Some(current) = l.cframe_current {
         if frame == 0 {
             return Some(0);
         }
-        frame = read(frame + current as u64)?;
+        frame = read(object(frame)? + current as u64)?;
     }
     let mut steps = 0;
     while frame != 0 && steps < MAX_CHAIN {
         steps += 1;
-        let code = read(frame + l.frame_code as u64)?;
-        let back = read(frame + l.frame_back as u64)?;
+        let at = object(frame)?;
+        let code = read(at + l.frame_code as u64)?;
+        let back = read(at + l.frame_back as u64)?;
         let is_code = code >= 4096 && read(code + OB_TYPE as u64)? == interp.code_type;
         let (instruction, entry) = match l.frame {
             FrameKind::Object { lasti, lasti_unit } => {
@@ -152,7 +166,7 @@ fn walk(
                     frame = back;
                     continue;
                 }
-                let lasti = read(frame + lasti as u64)? as u32 as i32;
+                let lasti = read(at + lasti as u64)? as u32 as i32;
                 (u64::from(lasti.max(0) as u32) * lasti_unit, true)
             }
             FrameKind::Interpreter {
@@ -162,9 +176,9 @@ fn walk(
                 code_start,
                 first_traceable,
             } => {
-                let owner = read(frame + owner as u64)? as u8;
+                let owner = read(at + owner as u64)? as u8;
                 let entry = match is_entry {
-                    Some(o) => read(frame + o as u64)? as u8 != 0,
+                    Some(o) => read(at + o as u64)? as u8 != 0,
                     None => false,
                 };
                 if owner == OWNED_BY_CSTACK {
@@ -183,7 +197,7 @@ fn walk(
                     frame = back;
                     continue;
                 }
-                let ip = read(frame + instr as u64)?;
+                let ip = read(at + instr as u64)?;
                 let start = code + code_start as u64;
                 let traceable = u64::from(read(code + first_traceable as u64)? as u32) * 2;
                 if owner != OWNED_BY_GENERATOR && ip < start + traceable {
