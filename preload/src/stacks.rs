@@ -340,9 +340,10 @@ pub fn capture(
         {
             // From the matched frame outward: in a recursion the same call site often recurs at
             // the same slot under a different chain, which then differs just above it.
-            match (0..outer)
-                .rev()
-                .find(|&i| read_stack(frames.slots[i]) != Ok(frames.rets[i]))
+            match frames.slots[..outer]
+                .iter()
+                .zip(&frames.rets[..outer])
+                .rposition(|(&slot, &ret)| read_stack(slot) != Ok(ret))
             {
                 None => {
                     // Frames [0, outer) stay; the matched frame and the new inner ones follow.
