@@ -17,6 +17,11 @@ use crate::sink::{Claim, SINK};
 use memtrace_format::encode::{ChunkHeader, ChunkState, encode_chunk_header, encode_free_chunk};
 use memtrace_format::record::{CHUNK_HEADER_SIZE, GRANULE, MAX_CHUNK_SIZE};
 
+/// Packing that leaves more than this fraction (3/4) of a chunk is poor: the next
+/// [`SKIP_AFTER_POOR_PACKING`] full chunks are kept as they are, then packing is tried again.
+const POOR_PACKING: (usize, usize) = (3, 4);
+const SKIP_AFTER_POOR_PACKING: u8 = 15;
+
 /// The unit of every chunk this writer claims: a page, not the format's smaller granule, so that
 /// every chunk is whole pages and a finished one leaves none of them resident (`Sink::retire`).
 const PAGE: usize = 4096;
@@ -41,6 +46,9 @@ pub struct ChunkWriter {
     state: ChunkState,
     next_len: usize,
     seq: u32,
+    /// Full chunks still to be kept as they are before packing is tried again: set when packing
+    /// hardly shrank one (random sizes and addresses), where it would cost time for nothing.
+    pack_skip: u8,
     /// This thread's index in the trace.
     pub thread: u32,
     /// This thread's OS id.
@@ -61,6 +69,7 @@ impl ChunkWriter {
         },
         next_len: PAGE,
         seq: 0,
+        pack_skip: 0,
         thread: 0,
         tid: 0,
         last_time: 0,
@@ -74,6 +83,7 @@ impl ChunkWriter {
             state: ChunkState::default(),
             next_len: PAGE,
             seq: 0,
+            pack_skip: 0,
             thread,
             tid,
             last_time: 0,
@@ -153,7 +163,11 @@ impl ChunkWriter {
     fn new_chunk(&mut self, base_time: u64) -> Result<(), WriteError> {
         let len = self.next_len;
         if let Some(done) = self.claim.take() {
-            if done.len == len && len == MAX_NORMAL_CHUNK && self.pack_and_reuse(done, base_time) {
+            if done.len == len
+                && len == MAX_NORMAL_CHUNK
+                && self.pack_due()
+                && self.pack_and_reuse(done, base_time)
+            {
                 return Ok(());
             }
             SINK.retire(done);
@@ -192,6 +206,15 @@ impl ChunkWriter {
         self.used = CHUNK_HEADER_SIZE;
     }
 
+    /// Whether this full chunk is to be packed: not while `pack_skip` counts down.
+    fn pack_due(&mut self) -> bool {
+        if self.pack_skip > 0 {
+            self.pack_skip -= 1;
+            return false;
+        }
+        true
+    }
+
     /// Packs the full chunk `done` into a new chunk and empties `done` to be the current chunk
     /// again. `false` (nothing changed) when packing is off or busy, or would not save space.
     fn pack_and_reuse(&mut self, done: Claim, base_time: u64) -> bool {
@@ -207,10 +230,12 @@ impl ChunkWriter {
             base_time: decode_base_time(full),
             packed: 0,
         };
+        let mut poor = false;
         let copied = pack::pack(
             &full[CHUNK_HEADER_SIZE..used],
             self.thread as usize,
             |frame| {
+                poor = frame.len() * POOR_PACKING.1 > used * POOR_PACKING.0;
                 let len = (CHUNK_HEADER_SIZE + frame.len()).next_multiple_of(PAGE);
                 if len >= done.len {
                     return false;
@@ -234,6 +259,9 @@ impl ChunkWriter {
                 true
             },
         );
+        if poor {
+            self.pack_skip = SKIP_AFTER_POOR_PACKING;
+        }
         if copied != Some(true) {
             return false;
         }
