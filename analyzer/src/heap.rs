@@ -36,8 +36,8 @@ pub struct Block {
 ///   within them on consecutive slots. Allocators hand out neighbouring addresses close in time,
 ///   so a run of allocations or frees walks the table instead of jumping around it, while any set
 ///   of addresses still spreads over the whole table;
-/// - sizes of 4 GiB and more, and the block at address 0 (which marks an empty slot), live on the
-///   side, in maps as small as such blocks are rare.
+/// - sizes from `u32::MAX` bytes up, and the block at address 0 (which marks an empty slot), live
+///   on the side, in maps as small as such blocks are rare.
 pub struct LiveHeap {
     /// A power-of-two number of slots; `addr == 0` marks an empty one.
     slots: Vec<Slot>,

@@ -479,11 +479,14 @@ impl Replayer {
         self.sums.alloc_calls += amount.count;
         self.sums.allocated_bytes = self.sums.allocated_bytes.wrapping_add(amount.bytes);
         self.sums.live = self.sums.live.plus(amount);
-        self.totals.recorded_alloc_calls += 1;
-        self.totals.recorded_allocated_bytes = self
-            .totals
-            .recorded_allocated_bytes
-            .wrapping_add(block.size);
+        if self.weights.sample_bytes().is_some() {
+            // Unsampled, the sums are these very counts (`finish`).
+            self.totals.recorded_alloc_calls += 1;
+            self.totals.recorded_allocated_bytes = self
+                .totals
+                .recorded_allocated_bytes
+                .wrapping_add(block.size);
+        }
         self.window = Window {
             open: true,
             size: block.size,
@@ -584,7 +587,7 @@ impl Replayer {
     /// Applies one heap event.
     #[inline(always)]
     fn apply_event<O: Observer>(&mut self, e: Event, obs: &mut O) {
-        self.totals.records += 1;
+        // Counted in `records` by `finish`: heap events are `ctx.seq`.
         if e.thread != self.ctx.thread {
             self.switch_thread(e.thread);
         }
@@ -696,6 +699,11 @@ impl Replayer {
     /// bytes and count filled in, and the final heap.
     pub fn finish(mut self) -> (Totals, LiveHeap) {
         let (w, s, t) = (self.weights, self.sums, &mut self.totals);
+        t.records += self.ctx.seq;
+        if w.sample_bytes().is_none() {
+            t.recorded_alloc_calls = s.alloc_calls;
+            t.recorded_allocated_bytes = s.allocated_bytes;
+        }
         t.alloc_calls = w.count(s.alloc_calls);
         t.calls_by_kind = s.calls_by_kind.map(|n| w.count(n));
         t.realloc_calls = w.count(s.realloc_calls);
