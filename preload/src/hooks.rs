@@ -78,9 +78,35 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
         // SAFETY: the caller's contract under realloc(3).
         return unsafe { real::realloc(ptr, 0) };
     }
+    if crate::sample::mean() != 0 {
+        // SAFETY: the caller's contract under realloc(3), passed on.
+        return unsafe { sampled_realloc(ptr, size) };
+    }
     // SAFETY: the caller's contract under realloc(3).
     let p = unsafe { real::realloc(ptr, size) };
     if !p.is_null() {
+        trace(|| record::realloc(ptr as usize, size, p as usize));
+    }
+    p
+}
+
+/// `realloc` with sampling on: whether the new block is recorded is drawn first; if it is not,
+/// the old block's free is recorded before the real realloc may release it (to another thread).
+/// Should the realloc then fail, the trace has that block freed early: it reads as a free of an
+/// unknown block when the program frees it.
+///
+/// # Safety
+/// As [`realloc`].
+#[inline(never)]
+unsafe fn sampled_realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
+    let mut take = true;
+    trace(|| take = record::realloc_sampled(size));
+    if !take && !ptr.is_null() {
+        trace(|| record::free(ptr as usize));
+    }
+    // SAFETY: the caller's contract under realloc(3).
+    let p = unsafe { real::realloc(ptr, size) };
+    if take && !p.is_null() {
         trace(|| record::realloc(ptr as usize, size, p as usize));
     }
     p

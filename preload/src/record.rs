@@ -56,17 +56,18 @@ pub fn alloc(kind: AllocKind, size: usize, addr: usize) {
     });
 }
 
-/// Records a realloc of `old` (0 for none) that returned `new`.
+/// With sampling on (FORMAT.md §2), whether a realloc to `size` bytes is to be recorded, drawn
+/// before the real realloc: one that is not is recorded as a free of its old block, before that
+/// block is released, as `free` is (`hooks.rs`).
+pub fn realloc_sampled(size: usize) -> bool {
+    with(|ts, _| sampled(ts, size))
+}
+
+/// Records a realloc of `old` (0 for none) that returned `new`. With sampling on, only one that
+/// [`realloc_sampled`] took.
 #[inline(always)]
 pub fn realloc(old: usize, size: usize, new: usize) {
     with(|ts, w| {
-        if !sampled(ts, size) {
-            // The new block goes unrecorded; the old one is gone (FORMAT.md §2, sampling).
-            if old != 0 {
-                write_free(w, now(w), old);
-            }
-            return;
-        }
         let stack = stack_id(ts, w);
         let time = now(w);
         check(w.write(time, |buf, st| {

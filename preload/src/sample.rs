@@ -42,7 +42,7 @@ pub fn take(countdown: &mut i64, rng: &mut u64, size: usize, mean: u64) -> bool 
     true
 }
 
-/// An exponentially distributed number of bytes with mean `mean`, at least 1.
+/// An exponentially distributed number of bytes with mean `mean`, rounded up (at least 1).
 fn draw(rng: &mut u64, mean: u64) -> i64 {
     // xorshift64*: a full-period generator, plenty for sample points.
     let mut x = *rng;
@@ -54,7 +54,10 @@ fn draw(rng: &mut u64, mean: u64) -> i64 {
     // Uniform in (0, 1]: never 0, so the logarithm is finite.
     let u = (bits as f64 + 1.0) / (1u64 << 53) as f64;
     let d = -u.ln() * mean as f64;
-    (d as i64).max(1)
+    // Rounded up: an allocation of s bytes (a whole number) reaches the point exactly when the
+    // continuous draw is at most s, so it is taken with probability 1 - exp(-s/N), not
+    // 1 - exp(-(s+1)/N) as rounding down would make it.
+    (d.ceil() as i64).max(1)
 }
 
 #[cfg(test)]
@@ -79,6 +82,24 @@ mod tests {
                 "size {size}: taken {got:.4}, expected {want:.4}"
             );
         }
+    }
+
+    /// Exact for tiny sizes too, where rounding the draw down would take an allocation of s bytes
+    /// with probability 1 - exp(-(s+1)/N) (0.22 here instead of 0.12).
+    #[test]
+    fn one_byte_allocations_are_taken_with_the_poisson_probability() {
+        let (mean, n) = (8u64, 400_000);
+        let mut countdown = UNDRAWN;
+        let mut rng = 7;
+        let taken = (0..n)
+            .filter(|_| take(&mut countdown, &mut rng, 1, mean))
+            .count();
+        let want = 1.0 - (-1.0 / mean as f64).exp();
+        let got = taken as f64 / n as f64;
+        assert!(
+            (got - want).abs() < 0.003,
+            "taken {got:.4}, expected {want:.4}"
+        );
     }
 
     /// Weighting each taken allocation by 1/p estimates the total bytes without bias.
