@@ -418,7 +418,7 @@ impl Replayer {
     /// fast way.
     ///
     /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), heap events are applied
-    /// in batches of [`BATCH`], in their order: first every event's home slot in the live heap is
+    /// in batches of `BATCH` (64), in their order: first every event's home slot in the live heap is
     /// loaded, then the events are applied. Each lookup would otherwise miss alone, with the
     /// decoding of the next record waiting behind it; loaded together, a batch's misses overlap.
     /// Any other record first applies the batch before it, so observers see the exact order of
