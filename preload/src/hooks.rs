@@ -100,10 +100,12 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: size_t) -> *mut c_void 
 #[inline(never)]
 unsafe fn sampled_realloc(ptr: *mut c_void, size: size_t) -> *mut c_void {
     let mut take = true;
-    trace(|| take = record::realloc_sampled(size));
-    if !take && !ptr.is_null() {
-        trace(|| record::free(ptr as usize));
-    }
+    trace(|| {
+        take = record::realloc_sampled(size);
+        if !take && !ptr.is_null() {
+            record::free(ptr as usize);
+        }
+    });
     // SAFETY: the caller's contract under realloc(3).
     let p = unsafe { real::realloc(ptr, size) };
     if take && !p.is_null() {
