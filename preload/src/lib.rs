@@ -28,6 +28,7 @@ mod guard;
 mod hooks;
 mod init;
 mod loader;
+mod memo;
 mod modules;
 mod pack;
 mod plt;

@@ -7,9 +7,10 @@
 //! of a process-wide table behind a spin lock, taken only when a thread meets a stack it has not
 //! seen recently. Stacks are identified by a 64-bit hash of their return addresses.
 
+use crate::memo::{Frames, finish_hash};
 use crate::modules::ModuleMap;
 use crate::spin::SpinMutex;
-use crate::unwind::{Regs, UnwindCaches};
+use crate::unwind::{ReadStack, Regs, UnwindCaches};
 use core::hash::BuildHasherDefault;
 use framehop::FrameAddress;
 
@@ -149,113 +150,6 @@ fn registers() -> (u64, u64, u64) {
     (pc, sp, bp)
 }
 
-/// The stack a thread captured last, kept as the memo that lets the next capture stop unwinding as
-/// soon as it reaches a frame that has not changed (DESIGN.md §4).
-///
-/// Frames are stored outermost first, so the part two consecutive stacks share (the outer frames) stays
-/// in place and only the inner frames are rewritten; next to each return address is the stack slot it
-/// was read from and the hash of the stack up to and including it.
-pub struct Frames {
-    rets: Box<[u64]>,
-    slots: Box<[u64]>,
-    hashes: Box<[u64]>,
-    len: usize,
-    /// Scratch for the inner frames of a capture, innermost first: (return address, slot).
-    scratch: Box<[(u64, u64)]>,
-    /// The index of the frame read from each slot, direct-mapped by slot (entries may be stale or
-    /// overwritten: [`Frames::at_slot`] checks them).
-    by_slot: Box<[u16; BY_SLOT]>,
-}
-
-/// Entries of [`Frames::by_slot`] (a power of two): slots are 8 bytes apart at least, so frames
-/// in 4 KiB of stack never collide.
-const BY_SLOT: usize = 512;
-
-impl Frames {
-    /// Room for `max` frames per stack.
-    pub fn new(max: usize) -> Frames {
-        let max = max.clamp(1, usize::from(u16::MAX));
-        Frames {
-            rets: vec![0; max].into_boxed_slice(),
-            slots: vec![0; max].into_boxed_slice(),
-            hashes: vec![0; max].into_boxed_slice(),
-            len: 0,
-            scratch: vec![(0, 0); max].into_boxed_slice(),
-            by_slot: Box::new([0; BY_SLOT]),
-        }
-    }
-
-    #[inline(always)]
-    fn slot_key(slot: u64) -> usize {
-        (slot >> 3) as usize & (BY_SLOT - 1)
-    }
-
-    /// The index of the last capture's frame read from stack slot `slot`, if known.
-    #[inline(always)]
-    fn at_slot(&self, slot: u64) -> Option<usize> {
-        let i = usize::from(self.by_slot[Self::slot_key(slot)]);
-        (i < self.len && self.slots[i] == slot).then_some(i)
-    }
-
-    /// The last captured stack, outermost first.
-    pub fn outermost_first(&self) -> &[u64] {
-        &self.rets[..self.len]
-    }
-
-    /// The hash of the last captured stack; never 0.
-    pub fn hash(&self) -> u64 {
-        match self.len {
-            0 => 1,
-            n => finish_hash(self.hashes[n - 1], n),
-        }
-    }
-
-    /// Forgets the memo (fork child, module rescan).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Keeps the first `keep` (outermost) frames and appends `inner` (innermost first), as many
-    /// as there is room for, outermost first.
-    fn splice(&mut self, keep: usize, inner: usize) {
-        let mut h = if keep == 0 { 0 } else { self.hashes[keep - 1] };
-        let take = inner.min(self.rets.len() - keep);
-        // Equal lengths, so that the loop needs no bounds checks.
-        let new = &self.scratch[inner - take..inner];
-        let rets = &mut self.rets[keep..keep + take];
-        let slots = &mut self.slots[keep..keep + take];
-        let hashes = &mut self.hashes[keep..keep + take];
-        for j in 0..take {
-            let (ret, slot) = new[take - 1 - j];
-            h = hash_step(h, ret);
-            rets[j] = ret;
-            slots[j] = slot;
-            hashes[j] = h;
-            self.by_slot[Self::slot_key(slot)] = (keep + j) as u16;
-        }
-        self.len = keep + take;
-    }
-}
-
-/// One step of the running stack hash.
-#[inline]
-pub fn hash_step(h: u64, ret: u64) -> u64 {
-    (h.rotate_left(5) ^ ret).wrapping_mul(0x517c_c1b7_2722_0a95)
-}
-
-#[inline]
-fn finish_hash(mut h: u64, len: usize) -> u64 {
-    // murmur3's fmix64 over the running hash and the length, so the low bits (the thread cache's
-    // index) are well mixed.
-    h ^= len as u64;
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^= h >> 33;
-    h.max(1)
-}
-
 /// The hash of a native stack (`native`, from [`Frames::hash`]) with Python frames (`python`, never
 /// 0 when there are any).
 #[inline]
@@ -265,8 +159,10 @@ pub fn with_python(native: u64, python: u64) -> u64 {
 
 /// The hash of a stack given outermost first, as [`Frames::hash`] computes it.
 #[cfg(test)]
-fn hash_frames(outermost_first: &[u64]) -> u64 {
-    let h = outermost_first.iter().fold(0, |h, &r| hash_step(h, r));
+pub fn hash_frames(outermost_first: &[u64]) -> u64 {
+    let h = outermost_first
+        .iter()
+        .fold(0, |h, &r| crate::memo::hash_step(h, r));
     if outermost_first.is_empty() {
         1
     } else {
@@ -277,11 +173,14 @@ fn hash_frames(outermost_first: &[u64]) -> u64 {
 /// Captures the calling thread's stack into `frames`, starting at the first frame outside the
 /// tracer: the return address into the function that called malloc. Returns the number of frames.
 ///
-/// Most allocations repeat the outer part of the previous stack. Each return address is read from a
-/// stack slot; when a frame's slot and return address equal a frame of the previous capture, and
-/// every outer slot of that capture still holds the same return address, the outer frames are the
-/// same call chain and are kept instead of unwound. Each outer slot is read at most once per
-/// capture: a slot found changed rules out every match outside it.
+/// Most allocations repeat a stack captured recently: `frames` finds it by its innermost frame and
+/// checks that it is still on the stack (`memo.rs`), and nothing is unwound. Otherwise the walk
+/// unwinds frame by frame, and most allocations still repeat the outer part of the previous
+/// stack. Each return address is read from a stack slot; when a frame's slot and return address
+/// equal a frame of the previous capture, and every outer slot of that capture still holds the
+/// same return address, the outer frames are the same call chain and are kept instead of unwound.
+/// Each outer slot is read at most once per capture: a slot found changed rules out every match
+/// outside it.
 #[inline(always)]
 pub fn capture(
     map: &ModuleMap,
@@ -305,15 +204,15 @@ pub fn capture(
         // above the current stack pointer, which is live memory for the duration of this call.
         Ok(unsafe { core::ptr::read_volatile(addr as *const u64) })
     };
-    let max = frames.rets.len();
     let regs = Regs { ip: pc, sp, bp };
     caches.prepare(map);
+    frames.prepare(map as *const ModuleMap as usize);
     // The tracer's own frames: the first one, at `pc`, and any other before the program's.
     let first = FrameAddress::from_instruction_pointer(pc);
     let mut regs = match caches.unwind_frame(map, first, regs, read_stack) {
         Some(r) => r,
         None => {
-            frames.splice(0, 0);
+            frames.store(NO_KEY, 0, 0);
             return 0;
         }
     };
@@ -321,35 +220,51 @@ pub fn capture(
         match caches.unwind_return(map, regs, read_stack) {
             Some(r) => regs = r,
             None => {
-                frames.splice(0, 0);
+                frames.store(NO_KEY, 0, 0);
                 return 0;
             }
         }
     }
+    let key = (regs.ip, regs.sp.wrapping_sub(8));
+    if let Some(n) = frames.reuse(key, regs, caches, map, read_stack) {
+        return n;
+    }
+    let (keep, n) = walk(map, caches, regs, read_stack, frames);
+    frames.store(key, keep, n);
+    n + keep
+}
+
+/// The innermost frame of no stack.
+const NO_KEY: (u64, u64) = (0, 0);
+
+/// Unwinds from `regs` (the first frame of the program) into the scratch of `frames`, stopping at
+/// the first frame that the previous capture shares: returns how many of the previous capture's
+/// outer frames to keep, and how many frames were walked.
+#[inline(always)]
+fn walk(
+    map: &ModuleMap,
+    caches: &mut UnwindCaches,
+    mut regs: Regs,
+    read_stack: impl ReadStack,
+    frames: &mut Frames,
+) -> (usize, usize) {
+    let (memo, scratch) = frames.walk_parts();
+    // Frames [0, intact) of the previous capture may still be on the stack: a match at index `i`
+    // is only checked if `i < intact`. Matches come outward, at decreasing indexes.
+    let mut intact = memo.rets.len();
+    let max = scratch.len();
     let mut n = 0;
-    // Frames [0, intact) of the previous capture may still be on the stack: a later match at
-    // index `i` is only checked if `i < intact`. Matches come outward, at decreasing indexes.
-    let mut intact = frames.len;
     while n < max {
         let (ra, slot) = (regs.ip, regs.sp.wrapping_sub(8));
-        frames.scratch[n] = (ra, slot);
+        scratch[n] = (ra, slot);
         n += 1;
-        if let Some(outer) = frames.at_slot(slot)
+        if let Some(outer) = memo.at_slot(slot)
             && outer < intact
-            && frames.rets[outer] == ra
+            && memo.rets[outer] == ra
         {
-            // From the matched frame outward: in a recursion the same call site often recurs at
-            // the same slot under a different chain, which then differs just above it.
-            match frames.slots[..outer]
-                .iter()
-                .zip(&frames.rets[..outer])
-                .rposition(|(&slot, &ret)| read_stack(slot) != Ok(ret))
-            {
-                None => {
-                    // Frames [0, outer) stay; the matched frame and the new inner ones follow.
-                    frames.splice(outer, n);
-                    return frames.len;
-                }
+            match changed_outside(memo.slots, memo.rets, outer, read_stack) {
+                // Frames [0, outer) stay; the matched frame and the new inner ones follow.
+                None => return (outer, n),
                 // Frame `i` changed: no match further out can keep it.
                 Some(i) => intact = i,
             }
@@ -359,8 +274,24 @@ pub fn capture(
             None => break,
         }
     }
-    frames.splice(0, n);
-    frames.len
+    (0, n)
+}
+
+/// The innermost of the previous capture's frames outside frame `outer` whose slot no longer
+/// holds its return address, or `None` if all of them still do: then the outer frames are the
+/// same call chain. Read from the matched frame outward: in a recursion the same call site often
+/// recurs at the same slot under a different chain, which then differs just above it.
+#[inline(always)]
+fn changed_outside(
+    slots: &[u64],
+    rets: &[u64],
+    outer: usize,
+    read_stack: impl Fn(u64) -> Result<u64, ()>,
+) -> Option<usize> {
+    slots[..outer]
+        .iter()
+        .zip(&rets[..outer])
+        .rposition(|(&slot, &ret)| read_stack(slot) != Ok(ret))
 }
 
 #[cfg(test)]
@@ -388,19 +319,6 @@ mod tests {
         assert_ne!(id, id2);
     }
 
-    #[test]
-    fn splice_keeps_the_outer_part_and_its_hashes() {
-        let mut f = Frames::new(8);
-        f.scratch[..3].copy_from_slice(&[(30, 3), (20, 2), (10, 1)]); // innermost first
-        f.splice(0, 3);
-        assert_eq!(f.outermost_first(), &[10, 20, 30]);
-        assert_eq!(f.hash(), hash_frames(&[10, 20, 30]));
-        f.scratch[..2].copy_from_slice(&[(40, 3), (20, 2)]);
-        f.splice(1, 2);
-        assert_eq!(f.outermost_first(), &[10, 20, 40]);
-        assert_eq!(f.hash(), hash_frames(&[10, 20, 40]));
-    }
-
     /// Captures from the same call sites give the same stacks whether the memo is used or not.
     #[test]
     fn memo_gives_the_same_stack_as_a_full_unwind() {
@@ -411,7 +329,8 @@ mod tests {
         let mut memo = Frames::new(64);
         let mut full = Frames::new(64);
         let mut seen = Vec::new();
-        for i in 0..4 {
+        // An opaque bound: an unrolled loop would call `nested` from a new site each time.
+        for i in 0..core::hint::black_box(4) {
             nested(3 + i % 2, &mut || {
                 full.clear();
                 capture(map, &mut cache, hi, &mut full);
@@ -480,7 +399,7 @@ mod tests {
         let hi = stack_hi_for_test();
         let mut frames = Frames::new(64);
         let mut seen = Vec::new();
-        for i in 0..12 {
+        for i in 0..core::hint::black_box(24) {
             nested(2 + i % 5, &mut || {
                 capture(map, &mut cache, hi, &mut frames);
                 let ours = frames.outermost_first().to_vec();
@@ -488,6 +407,8 @@ mod tests {
             });
         }
         assert!(cache.learnt() >= 6, "rules were learnt: {}", cache.learnt());
+        // The depths recur: later captures are earlier stacks used whole.
+        assert!(frames.whole_reuses >= 10, "{} reuses", frames.whole_reuses);
         for (ours, alone) in &seen {
             assert!(ours.len() >= 6, "{ours:x?}");
             // The innermost frames are the two call sites, in the closure above.

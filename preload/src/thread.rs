@@ -6,8 +6,9 @@
 //!   the thread's first traced call and freed by a pthread key destructor when the thread exits
 //!   (glibc runs those without allocating).
 
+use crate::memo::Frames;
 use crate::python::frames::PyFrames;
-use crate::stacks::{Frames, StackCache};
+use crate::stacks::StackCache;
 use crate::unwind::UnwindCaches;
 use crate::writer::ChunkWriter;
 use core::cell::{Cell, UnsafeCell};

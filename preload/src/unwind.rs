@@ -93,6 +93,32 @@ impl Rule {
     }
 }
 
+/// A learnt rule as the memo keeps it: the walk's step from one frame to its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step(Rule);
+
+impl Step {
+    /// A step that never applies (an empty slot of the memo).
+    pub const NONE: Step = Step(Rule::FRAMEHOP);
+
+    /// The caller's registers, exactly as the walk computes them (`None` where it stops).
+    #[inline(always)]
+    pub fn apply(self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
+        self.0.exec(regs, read_stack)
+    }
+
+    /// The constant the caller's stack pointer is above the callee's, for a rule that reads
+    /// neither bp nor anything but the return address to place the caller.
+    pub fn sp_offset(self) -> Option<u64> {
+        (self.0.cfa != 0).then_some(u64::from(self.0.cfa))
+    }
+
+    /// Whether the frame is the outermost: the walk ends there.
+    pub fn is_end(self) -> bool {
+        self.0 == Rule::END
+    }
+}
+
 /// How the walk reads the stack: the word at an address, or `Err` outside the readable stack.
 /// A small `Copy` closure, passed by value so that its bounds stay in registers.
 pub trait ReadStack: Fn(u64) -> Result<u64, ()> + Copy {}
@@ -144,6 +170,22 @@ impl UnwindCaches {
     fn forget(&mut self, map: usize) {
         self.rules.fill((0, Rule::FRAMEHOP));
         self.map = map;
+    }
+
+    /// The rule learnt at return address `ret`, for the memo to keep and replay (`memo.rs`),
+    /// learning it if the table does not hold it (it may have been displaced since the walk that
+    /// used it); `None` where framehop unwinds the frame itself.
+    pub fn step_at(&mut self, map: &ModuleMap, ret: u64) -> Option<Step> {
+        let address = FrameAddress::from_return_address(ret)?;
+        let (key, mut rule) = self.rules[Self::slot(ret)];
+        if key != ret {
+            let cache = self.framehop_cache(address.address_for_lookup());
+            // Puts the rule in framehop's cache first, as the walk's own unwinding would have.
+            let _ = probe(&map.unwinder, cache, address, PROBE_SP, PROBE_BP);
+            rule = learn_rule(&map.unwinder, cache, address);
+            self.rules[Self::slot(ret)] = (ret, rule);
+        }
+        (rule != Rule::FRAMEHOP).then_some(Step(rule))
     }
 
     /// How many addresses have a learnt rule (for tests).

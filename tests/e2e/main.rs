@@ -22,6 +22,7 @@ mod packing;
 mod python;
 mod python_frames;
 mod real_programs;
+mod recurring_stacks;
 mod sampling;
 mod snapshots;
 mod stress;

@@ -230,7 +230,7 @@ fn walk(
         // low bits carry nothing), the instruction offset is below 2^32.
         let word =
             f.code ^ f.table.rotate_left(32) ^ u64::from(f.instruction) << 1 ^ u64::from(f.entry);
-        hash = crate::stacks::hash_step(hash, word);
+        hash = crate::memo::hash_step(hash, word);
     }
     Some(if out.len == 0 { 0 } else { hash.max(1) })
 }
