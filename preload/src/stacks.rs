@@ -12,7 +12,6 @@ use crate::modules::ModuleMap;
 use crate::spin::SpinMutex;
 use crate::unwind::{ReadStack, Regs, UnwindCaches};
 use core::hash::BuildHasherDefault;
-use framehop::FrameAddress;
 
 use std::collections::HashMap;
 
@@ -208,23 +207,10 @@ pub fn capture(
     caches.prepare(map);
     frames.prepare(map as *const ModuleMap as usize);
     // The tracer's own frames: the first one, at `pc`, and any other before the program's.
-    let first = FrameAddress::from_instruction_pointer(pc);
-    let mut regs = match caches.unwind_frame(map, first, regs, read_stack) {
-        Some(r) => r,
-        None => {
-            frames.store(NO_KEY, 0, 0);
-            return 0;
-        }
+    let Some(regs) = caches.leave_tracer(map, regs, read_stack) else {
+        frames.store(NO_KEY, 0, 0);
+        return 0;
     };
-    while map.is_self(regs.ip) {
-        match caches.unwind_return(map, regs, read_stack) {
-            Some(r) => regs = r,
-            None => {
-                frames.store(NO_KEY, 0, 0);
-                return 0;
-            }
-        }
-    }
     let key = (regs.ip, regs.sp.wrapping_sub(8));
     if let Some(n) = frames.reuse(key, regs, caches, map, read_stack) {
         return n;
@@ -373,14 +359,14 @@ mod tests {
         };
         let mut cache = framehop::x86_64::CacheX86_64::new();
         let mut regs = framehop::x86_64::UnwindRegsX86_64::new(pc, sp, bp);
-        let mut address = FrameAddress::from_instruction_pointer(pc);
+        let mut address = framehop::FrameAddress::from_instruction_pointer(pc);
         let mut out = Vec::new();
         while let Ok(Some(ra)) =
             map.unwinder
                 .unwind_frame(address, &mut regs, &mut cache, &mut read_stack)
         {
             out.push(ra);
-            match FrameAddress::from_return_address(ra) {
+            match framehop::FrameAddress::from_return_address(ra) {
                 Some(a) => address = a,
                 None => break,
             }

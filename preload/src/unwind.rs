@@ -93,6 +93,32 @@ impl Rule {
     }
 }
 
+impl Shortcut {
+    /// The program's first frame from the capture's registers, if the tracer's frames are still
+    /// the ones this shortcut was composed from.
+    #[inline(always)]
+    fn apply(&self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
+        let sp = regs.sp;
+        for &(slot, ra) in &self.inner[..usize::from(self.inner_len)] {
+            if read_stack(sp + u64::from(slot)).ok()? != ra {
+                return None;
+            }
+        }
+        let new_sp = sp.checked_add(u64::from(self.offset))?;
+        let bp = if self.bp == SAME_BP {
+            regs.bp
+        } else {
+            read_stack(sp + u64::from(self.bp)).ok()?
+        };
+        let ra = read_stack(new_sp - 8).ok()?;
+        (ra != 0).then_some(Regs {
+            ip: ra,
+            sp: new_sp,
+            bp,
+        })
+    }
+}
+
 /// A learnt rule as the memo keeps it: the walk's step from one frame to its caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Step(Rule);
@@ -142,6 +168,41 @@ pub struct UnwindCaches {
     /// every miss re-parses the module's CFI. Frames are spread over the caches by another
     /// function of the address, multiplying the capacity.
     framehop: Box<[CacheX86_64<MayAllocateDuringUnwind>]>,
+    /// How the tracer's own frames are left from each capture site, direct-mapped by its `pc`.
+    shortcuts: [Shortcut; SHORTCUTS],
+}
+
+/// Capture sites whose way out of the tracer a thread keeps (a power of two).
+const SHORTCUTS: usize = 8;
+
+/// Most tracer frames a [`Shortcut`] steps over.
+const SHORTCUT_FRAMES: usize = 4;
+
+/// The tracer's own frames from one capture site (the `pc` where the registers were read) to the
+/// program's first frame, when each of them is unwound by a learnt constant-offset rule: that
+/// frame's stack pointer is the capture's plus `offset`, its return address is read just below it,
+/// and its bp is the capture's or was saved at the capture's sp plus `bp`. The return addresses
+/// into the tracer on the way must still be at their slots: a capture site reached from another
+/// caller takes the long way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shortcut {
+    /// The capture site; 0 for none.
+    pc: u64,
+    offset: u32,
+    bp: u32,
+    /// Return addresses into the tracer, and their slots as offsets from the capture's sp.
+    inner: [(u32, u64); SHORTCUT_FRAMES],
+    inner_len: u8,
+}
+
+impl Shortcut {
+    const NONE: Shortcut = Shortcut {
+        pc: 0,
+        offset: 0,
+        bp: SAME_BP,
+        inner: [(0, 0); SHORTCUT_FRAMES],
+        inner_len: 0,
+    };
 }
 
 impl UnwindCaches {
@@ -153,6 +214,7 @@ impl UnwindCaches {
             framehop: (0..FRAMEHOP_CACHES)
                 .map(|_| CacheX86_64::new_in())
                 .collect(),
+            shortcuts: [Shortcut::NONE; SHORTCUTS],
         }
     }
 
@@ -169,7 +231,84 @@ impl UnwindCaches {
     #[inline(never)]
     fn forget(&mut self, map: usize) {
         self.rules.fill((0, Rule::FRAMEHOP));
+        self.shortcuts = [Shortcut::NONE; SHORTCUTS];
         self.map = map;
+    }
+
+    #[inline(always)]
+    fn shortcut_slot(pc: u64) -> usize {
+        (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize & (SHORTCUTS - 1)
+    }
+
+    /// The registers of the program's first frame, unwound from `regs` (read at the capture site
+    /// `regs.ip`) past the tracer's own frames; `None` where the stack cannot be unwound that far.
+    /// Exactly what unwinding frame by frame gives, which the first capture at a site does,
+    /// learning the shortcut later ones take.
+    #[inline(always)]
+    pub fn leave_tracer(
+        &mut self,
+        map: &ModuleMap,
+        regs: Regs,
+        read_stack: impl ReadStack,
+    ) -> Option<Regs> {
+        let cut = &self.shortcuts[Self::shortcut_slot(regs.ip)];
+        if cut.pc == regs.ip
+            && let Some(out) = cut.apply(regs, read_stack)
+        {
+            return Some(out);
+        }
+        self.leave_tracer_slowly(map, regs, read_stack)
+    }
+
+    #[inline(never)]
+    fn leave_tracer_slowly(
+        &mut self,
+        map: &ModuleMap,
+        regs: Regs,
+        read_stack: impl ReadStack,
+    ) -> Option<Regs> {
+        let first = FrameAddress::from_instruction_pointer(regs.ip);
+        let mut out = self.unwind_frame(map, first, regs, read_stack)?;
+        while map.is_self(out.ip) {
+            out = self.unwind_return(map, out, read_stack)?;
+        }
+        // Every rule on the way is in the table now, unless displaced by another on the way.
+        if let Some(cut) = self.compose(map, regs, read_stack)
+            && cut.apply(regs, read_stack) == Some(out)
+        {
+            self.shortcuts[Self::shortcut_slot(regs.ip)] = cut;
+        }
+        Some(out)
+    }
+
+    /// The shortcut from the capture site `regs.ip` out of the tracer, composed from the learnt
+    /// rules of its frames; `None` if one of them is not a constant-offset rule.
+    fn compose(&self, map: &ModuleMap, regs: Regs, read_stack: impl ReadStack) -> Option<Shortcut> {
+        let mut cut = Shortcut {
+            pc: regs.ip,
+            ..Shortcut::NONE
+        };
+        let mut key = Self::key(FrameAddress::from_instruction_pointer(regs.ip));
+        let mut offset = 0u64;
+        loop {
+            let (k, rule) = self.rules[Self::slot(key)];
+            if k != key || rule.cfa == 0 {
+                return None;
+            }
+            if rule.bp != SAME_BP {
+                cut.bp = u32::try_from(offset + u64::from(rule.bp)).ok()?;
+            }
+            offset += u64::from(rule.cfa);
+            let ra = read_stack(regs.sp.checked_add(offset)? - 8).ok()?;
+            if !map.is_self(ra) {
+                cut.offset = u32::try_from(offset).ok()?;
+                return Some(cut);
+            }
+            let i = usize::from(cut.inner_len);
+            *cut.inner.get_mut(i)? = (u32::try_from(offset - 8).ok()?, ra);
+            cut.inner_len += 1;
+            key = ra;
+        }
     }
 
     /// The rule learnt at return address `ret`, for the memo to keep and replay (`memo.rs`),
