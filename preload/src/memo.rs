@@ -273,14 +273,18 @@ impl Frames {
     /// Whether every slot of entry `e` outside its innermost frame still holds its return address.
     #[inline(always)]
     fn holds(&self, e: usize, read_stack: impl ReadStack) -> bool {
-        let (rets, slots) = self.entry(e);
-        let outer = rets.len().saturating_sub(1);
+        let start = e * self.cap;
+        let outer = self.lens[e].saturating_sub(1);
+        let rets = &self.rets[start..start + outer];
+        let slots = &self.slots[start..start + outer];
         // From the inside outward: stacks with the same innermost frame part nearest to it.
-        slots[..outer]
-            .iter()
-            .zip(&rets[..outer])
-            .rev()
-            .all(|(&slot, &ret)| read_stack(slot) == Ok(ret))
+        for j in (0..rets.len().min(slots.len())).rev() {
+            match read_stack(slots[j]) {
+                Ok(word) if word == rets[j] => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Whether the rules stored with entry `e`, applied from `regs` (its innermost frame's

@@ -188,15 +188,17 @@ pub fn capture(
     frames: &mut Frames,
 ) -> usize {
     let (pc, sp, bp) = registers();
-    // The readable words: 8-aligned `addr` with `addr - lo <= span`, i.e. inside [sp, stack_hi)
-    // (one comparison: below `lo` wraps around to a huge difference). An unknown or bad top gives
-    // `lo = u64::MAX`, where only the unaligned `u64::MAX` itself would pass.
-    let (lo, span) = match stack_hi.checked_sub(sp).and_then(|s| s.checked_sub(8)) {
-        Some(span) => (sp, span),
-        None => (u64::MAX, 0),
+    // The readable words: 8-aligned `addr` inside [sp, stack_hi). With `lo` 8-aligned, that is
+    // `addr - lo` a multiple of 8 and at most `words` words: one comparison once the difference
+    // is rotated, since below `lo` it wraps around to a huge value and a misaligned one carries
+    // its low bits into the top. An unknown or bad top, or a misaligned sp (which the ABI rules
+    // out), gives `lo = u64::MAX`, from which nothing is readable.
+    let (lo, words) = match stack_hi.checked_sub(sp).and_then(|s| s.checked_sub(8)) {
+        Some(span) if sp.is_multiple_of(8) => (sp, span / 8),
+        _ => (u64::MAX, 0),
     };
     let read_stack = move |addr: u64| -> Result<u64, ()> {
-        if addr.wrapping_sub(lo) > span || !addr.is_multiple_of(8) {
+        if addr.wrapping_sub(lo).rotate_right(3) > words {
             return Err(());
         }
         // SAFETY: `addr` is 8-aligned and inside [sp, stack_hi), this thread's own mapped stack

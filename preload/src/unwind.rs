@@ -168,11 +168,14 @@ pub struct UnwindCaches {
     /// every miss re-parses the module's CFI. Frames are spread over the caches by another
     /// function of the address, multiplying the capacity.
     framehop: Box<[CacheX86_64<MayAllocateDuringUnwind>]>,
-    /// How the tracer's own frames are left from each capture site, direct-mapped by its `pc`.
+    /// How the tracer's own frames are left from each capture site and caller (one capture site
+    /// inlined into a function that several hooks call has a shortcut for each), and the entry
+    /// the next one replaces.
     shortcuts: [Shortcut; SHORTCUTS],
+    next_shortcut: usize,
 }
 
-/// Capture sites whose way out of the tracer a thread keeps (a power of two).
+/// Ways out of the tracer a thread keeps.
 const SHORTCUTS: usize = 8;
 
 /// Most tracer frames a [`Shortcut`] steps over.
@@ -215,6 +218,7 @@ impl UnwindCaches {
                 .map(|_| CacheX86_64::new_in())
                 .collect(),
             shortcuts: [Shortcut::NONE; SHORTCUTS],
+            next_shortcut: 0,
         }
     }
 
@@ -235,11 +239,6 @@ impl UnwindCaches {
         self.map = map;
     }
 
-    #[inline(always)]
-    fn shortcut_slot(pc: u64) -> usize {
-        (pc.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 61) as usize & (SHORTCUTS - 1)
-    }
-
     /// The registers of the program's first frame, unwound from `regs` (read at the capture site
     /// `regs.ip`) past the tracer's own frames; `None` where the stack cannot be unwound that far.
     /// Exactly what unwinding frame by frame gives, which the first capture at a site does,
@@ -251,11 +250,12 @@ impl UnwindCaches {
         regs: Regs,
         read_stack: impl ReadStack,
     ) -> Option<Regs> {
-        let cut = &self.shortcuts[Self::shortcut_slot(regs.ip)];
-        if cut.pc == regs.ip
-            && let Some(out) = cut.apply(regs, read_stack)
-        {
-            return Some(out);
+        for cut in &self.shortcuts {
+            if cut.pc == regs.ip
+                && let Some(out) = cut.apply(regs, read_stack)
+            {
+                return Some(out);
+            }
         }
         self.leave_tracer_slowly(map, regs, read_stack)
     }
@@ -276,7 +276,8 @@ impl UnwindCaches {
         if let Some(cut) = self.compose(map, regs, read_stack)
             && cut.apply(regs, read_stack) == Some(out)
         {
-            self.shortcuts[Self::shortcut_slot(regs.ip)] = cut;
+            self.shortcuts[self.next_shortcut] = cut;
+            self.next_shortcut = (self.next_shortcut + 1) % SHORTCUTS;
         }
         Some(out)
     }
