@@ -15,6 +15,11 @@
 //! DWARF evaluation) and the second run agrees with what the learnt shape predicts; everything
 //! else (DWARF expressions, a bp restored from below sp in the first frame) stays framehop's, frame
 //! by frame, so every stack is exactly the one framehop alone would give.
+//!
+//! Two uses of the learnt rules beyond the walk: the tracer's own frames, the same few at every
+//! capture site, are composed into one shortcut per site and caller ([`UnwindCaches::leave_tracer`]);
+//! and the memo of recent stacks keeps the rule of each of their frames to prove or replay them
+//! ([`UnwindCaches::step_at`], `memo.rs`).
 
 use crate::modules::{ModuleMap, NativeUnwinder};
 use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64};
@@ -89,32 +94,6 @@ impl Rule {
             ip: ra,
             sp: new_sp,
             bp: new_bp,
-        })
-    }
-}
-
-impl Shortcut {
-    /// The program's first frame from the capture's registers, if the tracer's frames are still
-    /// the ones this shortcut was composed from.
-    #[inline(always)]
-    fn apply(&self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
-        let sp = regs.sp;
-        for &(slot, ra) in &self.inner[..usize::from(self.inner_len)] {
-            if read_stack(sp + u64::from(slot)).ok()? != ra {
-                return None;
-            }
-        }
-        let new_sp = sp.checked_add(u64::from(self.offset))?;
-        let bp = if self.bp == SAME_BP {
-            regs.bp
-        } else {
-            read_stack(sp + u64::from(self.bp)).ok()?
-        };
-        let ra = read_stack(new_sp - 8).ok()?;
-        (ra != 0).then_some(Regs {
-            ip: ra,
-            sp: new_sp,
-            bp,
         })
     }
 }
@@ -206,6 +185,30 @@ impl Shortcut {
         inner: [(0, 0); SHORTCUT_FRAMES],
         inner_len: 0,
     };
+
+    /// The program's first frame from the capture's registers, if the tracer's frames are still
+    /// the ones this shortcut was composed from.
+    #[inline(always)]
+    fn apply(&self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
+        let sp = regs.sp;
+        for &(slot, ra) in &self.inner[..usize::from(self.inner_len)] {
+            if read_stack(sp + u64::from(slot)).ok()? != ra {
+                return None;
+            }
+        }
+        let new_sp = sp.checked_add(u64::from(self.offset))?;
+        let bp = if self.bp == SAME_BP {
+            regs.bp
+        } else {
+            read_stack(sp + u64::from(self.bp)).ok()?
+        };
+        let ra = read_stack(new_sp - 8).ok()?;
+        (ra != 0).then_some(Regs {
+            ip: ra,
+            sp: new_sp,
+            bp,
+        })
+    }
 }
 
 impl UnwindCaches {
