@@ -1,6 +1,6 @@
 //! Times the trace reader alone, without any replay, to tell reader cost from analyzer cost:
 //! `cargo run --release -p memtrace-analyzer --example read_only -- TRACE`. Prints the time of the
-//! merged record stream (`Trace::records`) and of decoding every chunk in file order without merging.
+//! merged record stream (`Trace::records`), of its events in batches (`for_each_batch`) and of decoding every chunk in file order without merging.
 
 use memtrace_format::decode::{Decoded, decode_chunk_header, decode_record};
 use memtrace_format::encode::ChunkState;
@@ -12,10 +12,33 @@ fn main() {
     let trace = memtrace_format::Trace::open(std::path::Path::new(&path)).unwrap();
     let n = trace.records().count();
     eprintln!("merged records: {n} in {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let mut sink = Count(0, 0);
+    trace.records().for_each_batch(&mut sink);
+    eprintln!(
+        "merged events:  {} (+{} others) in {:?}",
+        sink.0,
+        sink.1,
+        t.elapsed()
+    );
     let bytes = std::fs::read(&path).unwrap();
     let t = std::time::Instant::now();
     let n = decode_all(&bytes);
     eprintln!("decode only:    {n} in {:?}", t.elapsed());
+}
+
+/// Counts what `for_each_batch` feeds it.
+struct Count(usize, usize);
+
+impl memtrace_format::RecordSink for Count {
+    fn events(&mut self, events: &[memtrace_format::HeapEvent]) {
+        std::hint::black_box(events);
+        self.0 += events.len();
+    }
+    fn other(&mut self, _thread: u32, record: &memtrace_format::Record) {
+        std::hint::black_box(record);
+        self.1 += 1;
+    }
 }
 
 /// Decodes every record of every chunk, in file order: the floor of any reader built on

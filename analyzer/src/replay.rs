@@ -11,7 +11,9 @@
 
 use crate::heap::{Block, LiveHeap, StackTable};
 use crate::sampling::{Amount, Weights};
-use memtrace_format::{AllocKind, Frame, ModuleInfo, PyCodeInfo, Record, Records, ThreadRecord};
+use memtrace_format::{
+    EventKind, Frame, HeapEvent, ModuleInfo, PyCodeInfo, Record, RecordSink, Records, ThreadRecord,
+};
 use rustc_hash::FxHashMap;
 
 /// Where the replay is when an observer is called.
@@ -280,75 +282,6 @@ struct Window {
 /// Threads with a window of their own.
 const MAX_WINDOWS: usize = 1 << 16;
 
-/// Heap events applied together by [`Replayer::run_records`].
-const BATCH: usize = 64;
-
-/// A heap event (an alloc, realloc or free record), compact: what the replay keeps of it while it
-/// waits in a batch.
-#[derive(Clone, Copy)]
-struct Event {
-    thread: u32,
-    stack: u32,
-    kind: EventKind,
-    time: u64,
-    size: u64,
-    /// The block's address (a realloc's new block).
-    addr: u64,
-}
-
-#[derive(Clone, Copy)]
-enum EventKind {
-    Alloc { kind: AllocKind },
-    Realloc { old: u64 },
-    Free,
-}
-
-impl Event {
-    /// The heap event of `record`, if it is one.
-    #[inline(always)]
-    fn of(thread: u32, record: &Record) -> Option<Event> {
-        Some(match *record {
-            Record::Alloc {
-                time,
-                kind,
-                stack,
-                size,
-                addr,
-            } => Event {
-                thread,
-                stack,
-                kind: EventKind::Alloc { kind },
-                time,
-                size,
-                addr,
-            },
-            Record::Realloc {
-                time,
-                stack,
-                size,
-                old,
-                new,
-            } => Event {
-                thread,
-                stack,
-                kind: EventKind::Realloc { old },
-                time,
-                size,
-                addr: new,
-            },
-            Record::Free { time, addr } => Event {
-                thread,
-                stack: 0,
-                kind: EventKind::Free,
-                time,
-                size: 0,
-                addr,
-            },
-            _ => return None,
-        })
-    }
-}
-
 /// Beyond this many unexplained re-allocations of live addresses, forget the oldest evidence (the
 /// trace is then missing frees wholesale, and late reallocs are the least of its problems).
 const MAX_DISPLACED: usize = 1 << 20;
@@ -415,53 +348,65 @@ impl Replayer {
     }
 
     /// Applies every remaining record of a trace's stream: [`Replayer::run`] over [`Records`], the
-    /// fast way.
+    /// fast way ([`Records::for_each_batch`]: heap events come in runs, no [`Record`] made).
     ///
-    /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), heap events are applied
-    /// in batches of `BATCH` (64), in their order: first every event's home slot in the live heap is
-    /// loaded, then the events are applied. Each lookup would otherwise miss alone, with the
-    /// decoding of the next record waiting behind it; loaded together, a batch's misses overlap.
-    /// Any other record first applies the batch before it, so observers see the exact order of
-    /// the trace. While the heap fits the caches, batching would only cost the copies.
+    /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), each run's events wait
+    /// for the next run before they are applied: meanwhile the home slots of their lookups are
+    /// being loaded ([`LiveHeap::prefetch`]) while the previous run is applied and the next one
+    /// decoded. Each lookup would otherwise miss alone, the whole replay waiting behind it;
+    /// started a run ahead, the misses overlap with each other and with the work. Any other
+    /// record first applies the events before it, so observers see the exact order of the trace.
+    /// While the heap fits the caches, events are applied as they come.
     pub fn run_records<O: Observer>(&mut self, records: &mut Records<'_>, obs: &mut O) {
-        let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
-        records.for_each_ref(
-            #[inline(always)]
-            |thread, record| match Event::of(thread, record) {
-                Some(event) if batch.is_empty() && !self.heap.is_large() => {
-                    self.apply_event(event, obs);
-                }
-                Some(event) => {
-                    batch.push(event);
-                    if batch.len() == BATCH {
-                        self.apply_batch(&mut batch, obs);
+        struct Sink<'a, O> {
+            replayer: &'a mut Replayer,
+            obs: &'a mut O,
+            /// Events whose slots are being loaded, applied when the next run comes (or any
+            /// other record).
+            waiting: Vec<HeapEvent>,
+        }
+        impl<O: Observer> Sink<'_, O> {
+            #[inline]
+            fn apply_waiting(&mut self) {
+                if !self.waiting.is_empty() {
+                    for e in &self.waiting {
+                        self.replayer.apply_event(e, self.obs);
                     }
+                    self.waiting.clear();
                 }
-                None => {
-                    self.apply_batch(&mut batch, obs);
-                    self.apply_other(thread, record, obs);
-                }
-            },
-        );
-        self.apply_batch(&mut batch, obs);
-    }
-
-    /// Applies the heap events of `batch` (emptying it), their heap slots loaded first.
-    #[inline(never)]
-    fn apply_batch<O: Observer>(&mut self, batch: &mut Vec<Event>, obs: &mut O) {
-        let mut seen = 0u64;
-        for e in batch.iter() {
-            seen ^= self.heap.touch(e.addr);
-            if let EventKind::Realloc { old } = e.kind {
-                seen ^= self.heap.touch(old);
             }
         }
-        // The loads above exist only to start the cache misses early: keep them.
-        std::hint::black_box(seen);
-        for &e in batch.iter() {
-            self.apply_event(e, obs);
+        impl<O: Observer> RecordSink for Sink<'_, O> {
+            #[inline]
+            fn events(&mut self, events: &[HeapEvent]) {
+                if self.replayer.heap.is_large() {
+                    for e in events {
+                        self.replayer.heap.prefetch(e.addr);
+                        if e.kind == EventKind::Realloc {
+                            self.replayer.heap.prefetch(e.old);
+                        }
+                    }
+                    self.apply_waiting();
+                    self.waiting.extend_from_slice(events);
+                } else {
+                    self.apply_waiting();
+                    for e in events {
+                        self.replayer.apply_event(e, self.obs);
+                    }
+                }
+            }
+            fn other(&mut self, thread: u32, record: &Record) {
+                self.apply_waiting();
+                self.replayer.apply_other(thread, record, self.obs);
+            }
         }
-        batch.clear();
+        let mut sink = Sink {
+            replayer: self,
+            obs,
+            waiting: Vec::with_capacity(memtrace_format::BATCH),
+        };
+        records.for_each_batch(&mut sink);
+        sink.apply_waiting();
     }
 
     /// Makes `block` live at `addr`; returns what it amounts to.
@@ -578,29 +523,29 @@ impl Replayer {
     /// Applies one record written by `thread`.
     #[inline(always)]
     pub fn apply<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
-        match Event::of(thread, record) {
-            Some(event) => self.apply_event(event, obs),
+        match HeapEvent::of(thread, record) {
+            Some(event) => self.apply_event(&event, obs),
             None => self.apply_other(thread, record, obs),
         }
     }
 
     /// Applies one heap event.
     #[inline(always)]
-    fn apply_event<O: Observer>(&mut self, e: Event, obs: &mut O) {
+    fn apply_event<O: Observer>(&mut self, e: &HeapEvent, obs: &mut O) {
         // Counted in `records` by `finish`: heap events are `ctx.seq`.
         if e.thread != self.ctx.thread {
             self.switch_thread(e.thread);
         }
         let (time, stack, size) = (e.time, e.stack, e.size);
         match e.kind {
-            EventKind::Alloc { kind } => {
+            EventKind::Alloc(kind) => {
                 let addr = e.addr;
                 self.begin_event(time);
                 let amount = self.new_block(addr, Block { size, stack }, obs);
                 self.sums.calls_by_kind[kind as usize] += amount.count;
             }
-            EventKind::Realloc { old } => {
-                let new = e.addr;
+            EventKind::Realloc => {
+                let (old, new) = (e.old, e.addr);
                 // heaptrack records a realloc as a free of `old` followed by a malloc of `new`, and so
                 // do we: the old block (its stack, its size) is released, possibly as temporary, and
                 // the new block belongs to the realloc's stack. In place (`old == new`) is the same.

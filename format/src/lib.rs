@@ -29,6 +29,8 @@ mod reader;
 pub use record::{AllocKind, Frame, Header, ModuleInfo, PyCodeInfo, PyFrame, Record, Segment};
 
 #[cfg(feature = "read")]
+pub use decode::{EventKind, HeapEvent};
+#[cfg(feature = "read")]
 pub use error::ReadError;
 #[cfg(feature = "read")]
-pub use reader::{Records, ThreadInfo, ThreadRecord, Trace};
+pub use reader::{BATCH, RecordSink, Records, ThreadInfo, ThreadRecord, Trace};

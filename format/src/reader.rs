@@ -6,7 +6,8 @@
 //! an opened trace (a torn tail, a corrupt chunk) becomes a warning, and the records before it are kept.
 
 use crate::decode::{
-    Event, Step, bincode_read, decode_chunk_header, decode_free_chunk, decode_step,
+    FAST_WINDOW, HeapEvent, Step, bincode_read, decode_chunk_header, decode_event,
+    decode_event_fast, decode_free_chunk, decode_step,
 };
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
@@ -347,31 +348,48 @@ struct Cursor<'a> {
     pending: Option<Next>,
 }
 
-/// A thread's next record as the merge's hot path sees it: a heap event unbuilt, anything else
-/// decoded and boxed.
+/// A thread's next record as the merge's hot path sees it: a heap event as plain data, anything
+/// else decoded and boxed.
 enum Next {
-    Event(Event),
+    Event(HeapEvent),
     Other(Box<Record>),
 }
 
 impl Next {
-    /// The record, given the state of its cursor right after decoding it.
+    /// The record.
     #[inline(always)]
-    fn record(self, st: &ChunkState) -> Record {
+    fn record(self) -> Record {
         match self {
-            Next::Event(e) => e.record(st),
+            Next::Event(e) => e.record(),
             Next::Other(r) => *r,
         }
     }
 }
 
+/// Why [`Cursor::fill`] stopped.
+enum Fill {
+    /// The batch is full.
+    Full,
+    /// The thread's next record is not a heap event, and comes before the bound: the caller takes it.
+    Other(Box<Record>),
+    /// The thread's next record (decoded, the cursor past it) comes after the bound.
+    After(Next),
+    /// The thread has no more records.
+    Done,
+}
+
 impl Cursor<'_> {
-    /// Decodes this thread's next record, moving on to its next chunk at the end of one. A heap
-    /// event's record is not built: its time and address are `self.st`'s (see [`Next::record`]).
+    /// Decodes this thread's next record, moving on to its next chunk at the end of one.
     #[inline(always)]
     fn step(&mut self, bytes: &Bytes, warnings: &mut Vec<String>) -> Option<Next> {
         if self.loaded {
-            match decode_step(&self.data, self.pos, &mut self.st, &mut self.stack) {
+            match decode_step(
+                &self.data,
+                self.pos,
+                &mut self.st,
+                &mut self.stack,
+                self.thread,
+            ) {
                 Step::Event(e, next) => {
                     self.pos = next;
                     return Some(Next::Event(e));
@@ -384,6 +402,83 @@ impl Cursor<'_> {
             }
         }
         self.next_chunk(bytes, warnings)
+    }
+
+    /// Decodes this thread's records into `batch` for as long as they are heap events that come
+    /// before `bound` (a `(time, thread)` key of another thread) and the batch has room.
+    #[inline(always)]
+    fn fill(
+        &mut self,
+        batch: &mut EventBatch,
+        bound: (u64, u32),
+        bytes: &Bytes,
+        warnings: &mut Vec<String>,
+    ) -> Fill {
+        loop {
+            if batch.len >= BATCH {
+                return Fill::Full;
+            }
+            if self.loaded {
+                // The hot loop: heap events one after another, the cursor's state in locals.
+                let data = &self.data[..];
+                let thread = self.thread;
+                let mut pos = self.pos;
+                let (mut time, mut addr) = (self.st.time, self.st.addr);
+                let stop = loop {
+                    if batch.len >= BATCH {
+                        break Some(Fill::Full);
+                    }
+                    let e;
+                    if let Some(win) = data.get(pos..pos + FAST_WINDOW) {
+                        let win: &[u8; FAST_WINDOW] = win.try_into().expect("a window's length");
+                        let Some((ev, len)) = decode_event_fast(win, time, addr, thread) else {
+                            break None;
+                        };
+                        e = ev;
+                        pos += len;
+                    } else {
+                        let Some(&t) = data.get(pos) else {
+                            break None;
+                        };
+                        let mut p = pos + 1;
+                        let Some(ev) = decode_event(data, &mut p, t, time, addr, thread) else {
+                            break None;
+                        };
+                        e = ev;
+                        pos = p;
+                    }
+                    time = e.time;
+                    addr = e.addr;
+                    if (time, thread) > bound {
+                        break Some(Fill::After(Next::Event(e)));
+                    }
+                    batch.events[batch.len] = e;
+                    batch.len += 1;
+                };
+                self.pos = pos;
+                self.st.time = time;
+                self.st.addr = addr;
+                if let Some(stop) = stop {
+                    return stop;
+                }
+            }
+            // Anything but a heap event, the end of a chunk, a record that does not decode.
+            match self.step(bytes, warnings) {
+                None => return Fill::Done,
+                Some(next) => {
+                    if (self.st.time, self.thread) > bound {
+                        return Fill::After(next);
+                    }
+                    match next {
+                        Next::Event(e) => {
+                            batch.events[batch.len] = e;
+                            batch.len += 1;
+                        }
+                        Next::Other(r) => return Fill::Other(r),
+                    }
+                }
+            }
+        }
     }
 
     /// [`Cursor::step`] at the end of a chunk (or before the first): the end or the corruption
@@ -408,7 +503,13 @@ impl Cursor<'_> {
                 self.pos = CHUNK_HEADER_SIZE;
                 self.loaded = true;
             }
-            match decode_step(&self.data, self.pos, &mut self.st, &mut self.stack) {
+            match decode_step(
+                &self.data,
+                self.pos,
+                &mut self.st,
+                &mut self.stack,
+                self.thread,
+            ) {
                 Step::Event(e, next) => {
                     self.pos = next;
                     return Some(Next::Event(e));
@@ -434,6 +535,24 @@ impl Cursor<'_> {
             self.loaded = false;
         }
     }
+}
+
+/// Heap events handed to a [`RecordSink`] at a time, at most.
+pub const BATCH: usize = 64;
+
+/// Up to [`BATCH`] heap events.
+struct EventBatch {
+    events: [HeapEvent; BATCH],
+    len: usize,
+}
+
+/// What [`Records::for_each_batch`] feeds: runs of heap events, and every other record, in the
+/// stream's order.
+pub trait RecordSink {
+    /// The next heap events, in order (1 to [`BATCH`] of them).
+    fn events(&mut self, events: &[HeapEvent]);
+    /// The next record, which is not a heap event, and its thread.
+    fn other(&mut self, thread: u32, record: &Record);
 }
 
 /// Replaces a packed chunk's bytes in `data` (header, then a zstd frame of `packed` bytes) by the
@@ -507,10 +626,28 @@ impl Records<'_> {
     }
 
     /// Calls `f` with every remaining record and its thread, in the iterator's order, and ends the
-    /// stream as the iterator's end does. It is iteration without moving each record out to the
-    /// caller: the thread that is next runs in a tight loop, its records decoded and handed over in
-    /// place, for as long as they come before every other thread's next record.
-    pub fn for_each_ref(&mut self, mut f: impl FnMut(u32, &Record)) {
+    /// stream as the iterator's end does: [`Records::for_each_batch`] with each heap event made a
+    /// [`Record`].
+    pub fn for_each_ref(&mut self, f: impl FnMut(u32, &Record)) {
+        struct Each<F>(F);
+        impl<F: FnMut(u32, &Record)> RecordSink for Each<F> {
+            fn events(&mut self, events: &[HeapEvent]) {
+                for e in events {
+                    (self.0)(e.thread, &e.record());
+                }
+            }
+            fn other(&mut self, thread: u32, record: &Record) {
+                (self.0)(thread, record);
+            }
+        }
+        self.for_each_batch(&mut Each(f));
+    }
+
+    /// Feeds every remaining record to `sink`, in the iterator's order, and ends the stream as the
+    /// iterator's end does. It is iteration without a [`Record`] per heap event: the thread that is
+    /// next runs in a tight loop, its heap events decoded into an array that `sink` gets whole,
+    /// for as long as they come before every other thread's next record.
+    pub fn for_each_batch(&mut self, sink: &mut impl RecordSink) {
         let Records {
             bytes,
             cursors,
@@ -520,13 +657,34 @@ impl Records<'_> {
             saw_end,
             ..
         } = self;
+        let mut batch = EventBatch {
+            events: [HeapEvent::EMPTY; BATCH],
+            len: 0,
+        };
+        // The batch is handed over before any other record, and when full.
+        let flush = |batch: &mut EventBatch, sink: &mut _| {
+            if batch.len > 0 {
+                RecordSink::events(sink, &batch.events[..batch.len]);
+                batch.len = 0;
+            }
+        };
         while let Some(i) = *current {
             let cursor = &mut cursors[i];
             let thread = cursor.thread;
-            if let Some(next) = cursor.pending.take() {
-                let r = next.record(&cursor.st);
-                *saw_end |= matches!(r, Record::End { .. });
-                f(thread, &r);
+            match cursor.pending.take() {
+                Some(Next::Event(e)) => {
+                    if batch.len == BATCH {
+                        flush(&mut batch, sink);
+                    }
+                    batch.events[batch.len] = e;
+                    batch.len += 1;
+                }
+                Some(Next::Other(r)) => {
+                    flush(&mut batch, sink);
+                    *saw_end |= matches!(*r, Record::End { .. });
+                    sink.other(thread, &r);
+                }
+                None => {}
             }
             // Keys of distinct threads never tie, so "not after the heap's top" means "before it";
             // with an empty heap no key is after the bound.
@@ -534,28 +692,29 @@ impl Records<'_> {
                 .peek()
                 .map_or((u64::MAX, u32::MAX), |Reverse((t, th, _))| (*t, *th));
             loop {
-                let Some(next) = cursor.step(bytes, warnings) else {
-                    *current = heap.pop().map(|Reverse((_, _, j))| j);
-                    break;
-                };
-                let key = (cursor.st.time, thread);
-                if key > bound {
-                    cursor.pending = Some(next);
-                    if let Some(mut top) = heap.peek_mut() {
-                        *current = Some(top.0.2);
-                        *top = Reverse((key.0, key.1, i));
-                    }
-                    break;
-                }
-                match next {
-                    Next::Event(e) => f(thread, &e.record(&cursor.st)),
-                    Next::Other(r) => {
+                match cursor.fill(&mut batch, bound, bytes, warnings) {
+                    Fill::Full => flush(&mut batch, sink),
+                    Fill::Other(r) => {
+                        flush(&mut batch, sink);
                         *saw_end |= matches!(*r, Record::End { .. });
-                        f(thread, &r);
+                        sink.other(thread, &r);
+                    }
+                    Fill::After(next) => {
+                        cursor.pending = Some(next);
+                        if let Some(mut top) = heap.peek_mut() {
+                            *current = Some(top.0.2);
+                            *top = Reverse((cursor.st.time, thread, i));
+                        }
+                        break;
+                    }
+                    Fill::Done => {
+                        *current = heap.pop().map(|Reverse((_, _, j))| j);
+                        break;
                     }
                 }
             }
         }
+        flush(&mut batch, sink);
         self.finish();
     }
 
@@ -588,7 +747,7 @@ impl Iterator for Records<'_> {
             let thread = cursor.thread;
             // A record decoded while another thread was next: it is the least now.
             let record = match cursor.pending.take() {
-                Some(next) => next.record(&cursor.st),
+                Some(next) => next.record(),
                 None => {
                     let Some(next) = cursor.step(self.bytes, &mut self.warnings) else {
                         self.current = self.heap.pop().map(|Reverse((_, _, j))| j);
@@ -605,7 +764,7 @@ impl Iterator for Records<'_> {
                             continue;
                         }
                     }
-                    next.record(&cursor.st)
+                    next.record()
                 }
             };
             if let Record::End { .. } = record {
@@ -642,14 +801,19 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Threads interleaved in every way (long stretches, a switch every record, equal times),
-        /// all kinds of records, with or without flipped bytes: `for_each_ref` is the iterator.
+        /// all kinds of records, chunks packed or not, with or without flipped bytes:
+        /// `for_each_ref` (`for_each_batch`, its heap events made records) is the iterator.
         #[test]
         fn for_each_ref_is_the_iterator(
             steps in prop::collection::vec((1u32..5, 0u64..3, 0u8..10, any::<u64>()), 0..3000),
             flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
             end: bool,
+            packed: bool,
         ) {
             let mut b = TraceBuilder::new(&TraceBuilder::test_header());
+            if packed {
+                b = b.packed();
+            }
             let mut times = [0u64; 5];
             for (thread, dt, what, x) in steps {
                 let t = &mut times[thread as usize];
