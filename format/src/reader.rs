@@ -6,8 +6,8 @@
 //! an opened trace (a torn tail, a corrupt chunk) becomes a warning, and the records before it are kept.
 
 use crate::decode::{
-    FAST_WINDOW, HeapEvent, Step, bincode_read, decode_chunk_header, decode_event,
-    decode_event_fast, decode_free_chunk, decode_step,
+    FAST_WINDOW, HeapEvent, Step, bincode_read, decode_chunk_header, decode_event_fast,
+    decode_free_chunk, decode_step,
 };
 use crate::encode::{ChunkHeader, ChunkState};
 use crate::error::ReadError;
@@ -418,43 +418,35 @@ impl Cursor<'_> {
             if batch.len >= BATCH {
                 return Fill::Full;
             }
-            if self.loaded {
-                // The hot loop: heap events one after another, the cursor's state in locals.
+            // The hot loop: heap events one after another, the cursor's state in locals, each
+            // read from a whole window of the chunk (all but the last few records of a chunk).
+            if let (true, Some(limit)) = (self.loaded, time_limit(bound, self.thread)) {
                 let data = &self.data[..];
                 let thread = self.thread;
                 let mut pos = self.pos;
                 let (mut time, mut addr) = (self.st.time, self.st.addr);
+                let mut n = batch.len;
                 let stop = loop {
-                    if batch.len >= BATCH {
+                    if n >= BATCH {
                         break Some(Fill::Full);
                     }
-                    let e;
-                    if let Some(win) = data.get(pos..pos + FAST_WINDOW) {
-                        let win: &[u8; FAST_WINDOW] = win.try_into().expect("a window's length");
-                        let Some((ev, len)) = decode_event_fast(win, time, addr, thread) else {
-                            break None;
-                        };
-                        e = ev;
-                        pos += len;
-                    } else {
-                        let Some(&t) = data.get(pos) else {
-                            break None;
-                        };
-                        let mut p = pos + 1;
-                        let Some(ev) = decode_event(data, &mut p, t, time, addr, thread) else {
-                            break None;
-                        };
-                        e = ev;
-                        pos = p;
-                    }
+                    let Some(win) = data.get(pos..pos + FAST_WINDOW) else {
+                        break None;
+                    };
+                    let win: &[u8; FAST_WINDOW] = win.try_into().expect("a window's length");
+                    let Some((e, len)) = decode_event_fast(win, time, addr, thread) else {
+                        break None;
+                    };
+                    pos += len;
                     time = e.time;
                     addr = e.addr;
-                    if (time, thread) > bound {
+                    if time > limit {
                         break Some(Fill::After(Next::Event(e)));
                     }
-                    batch.events[batch.len] = e;
-                    batch.len += 1;
+                    batch.events[n] = e;
+                    n += 1;
                 };
+                batch.len = n;
                 self.pos = pos;
                 self.st.time = time;
                 self.st.addr = addr;
@@ -462,7 +454,8 @@ impl Cursor<'_> {
                     return stop;
                 }
             }
-            // Anything but a heap event, the end of a chunk, a record that does not decode.
+            // Anything else, one record: the last records of a chunk, the end of a chunk, a
+            // record that is not a heap event or does not decode, a time past the bound.
             match self.step(bytes, warnings) {
                 None => return Fill::Done,
                 Some(next) => {
@@ -534,6 +527,17 @@ impl Cursor<'_> {
             self.chunk += 1;
             self.loaded = false;
         }
+    }
+}
+
+/// The latest time at which a record of `thread` comes before `bound`, the `(time, thread)` key of
+/// another thread's next record (records are ordered by time, then thread): `None` if none does.
+#[inline(always)]
+fn time_limit(bound: (u64, u32), thread: u32) -> Option<u64> {
+    if thread <= bound.1 {
+        Some(bound.0)
+    } else {
+        bound.0.checked_sub(1)
     }
 }
 
@@ -796,6 +800,19 @@ mod tests {
         fe.for_each_ref(|thread, r| b.push((thread, r.clone())));
         let wb = fe.take_warnings();
         Some([(a, wa), (b, wb)])
+    }
+
+    #[test]
+    fn time_limit_is_the_key_order() {
+        let times = [0, 1, 4, 5, 6, u64::MAX - 1, u64::MAX];
+        for bound in [(0, 2), (5, 2), (u64::MAX, 2), (5, 0), (5, u32::MAX)] {
+            for thread in [0, 1, 2, 3, u32::MAX] {
+                for t in times {
+                    let before = time_limit(bound, thread).is_some_and(|limit| t <= limit);
+                    assert_eq!(before, (t, thread) <= bound, "{t} {thread} {bound:?}");
+                }
+            }
+        }
     }
 
     proptest! {
