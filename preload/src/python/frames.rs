@@ -10,7 +10,7 @@
 //! frames of the evaluation function that run them (FORMAT.md §4.5).
 
 use super::Interp;
-use super::layout::{FrameKind, OB_TYPE, OWNED_BY_CSTACK, OWNED_BY_GENERATOR};
+use super::layout::{FrameKind, LAYOUTS, Layout, OB_TYPE, OWNED_BY_CSTACK, OWNED_BY_GENERATOR};
 use memtrace_format::{Frame, PyFrame};
 
 /// Deepest Python stack recorded; deeper frames (the outermost) are left out.
@@ -119,12 +119,47 @@ fn read_checked(addr: u64) -> Option<u64> {
 /// Walks the calling thread's Python frames into `out`; returns a hash of them (0 for none).
 #[inline(always)]
 pub fn capture(interp: &Interp, out: &mut PyFrames) -> u64 {
+    (interp.walker)(interp, out)
+}
+
+/// [`capture`] for one layout, with that layout's offsets compiled in.
+pub type Walker = fn(&Interp, &mut PyFrames) -> u64;
+
+/// The walker for `layout`, one of [`LAYOUTS`]: its offsets are constants in the walker's code, so
+/// a frame costs its reads and little else (the layout is not consulted field by field).
+pub fn walker(layout: &'static Layout) -> Walker {
+    match LAYOUTS.iter().position(|l| l == layout) {
+        Some(0) => capture_as::<0>,
+        Some(1) => capture_as::<1>,
+        Some(2) => capture_as::<2>,
+        Some(3) => capture_as::<3>,
+        Some(4) => capture_as::<4>,
+        Some(5) => capture_as::<5>,
+        _ => capture_any,
+    }
+}
+
+/// [`capture`] for the layout `LAYOUTS[I]`. Not inlined: it runs after the native stack was
+/// captured, so it adds no frame for the unwinder to step over.
+#[inline(never)]
+fn capture_as<const I: usize>(interp: &Interp, out: &mut PyFrames) -> u64 {
+    capture_with(const { &LAYOUTS[I] }, interp, out)
+}
+
+/// [`capture`] reading the offsets from the interpreter's layout (one not in [`LAYOUTS`]).
+#[inline(never)]
+fn capture_any(interp: &Interp, out: &mut PyFrames) -> u64 {
+    capture_with(interp.layout, interp, out)
+}
+
+#[inline(always)]
+fn capture_with(l: &Layout, interp: &Interp, out: &mut PyFrames) -> u64 {
     out.clear();
     let tstate = interp.tstate();
     if tstate == 0 {
         return 0;
     }
-    walk(interp, tstate, read_field, false, out).unwrap_or(0)
+    walk(l, interp.code_type, tstate, read_field, false, out).unwrap_or(0)
 }
 
 /// Walks the chain with `read`. `strict`: any frame whose code is not a code object fails the walk
@@ -135,13 +170,13 @@ pub fn capture(interp: &Interp, out: &mut PyFrames) -> u64 {
 /// `read` need not check for the null page. An object address below 4096 fails the walk.
 #[inline(always)]
 fn walk(
-    interp: &Interp,
+    l: &Layout,
+    code_type: u64,
     tstate: u64,
     read: impl Fn(u64) -> Option<u64>,
     strict: bool,
     out: &mut PyFrames,
 ) -> Option<u64> {
-    let l = interp.layout;
     let object = |p: u64| (p >= 4096).then_some(p);
     let mut frame = read(object(tstate)? + l.tstate_frame as u64)?;
     if let Some(current) = l.cframe_current {
@@ -156,7 +191,7 @@ fn walk(
         let at = object(frame)?;
         let code = read(at + l.frame_code as u64)?;
         let back = read(at + l.frame_back as u64)?;
-        let is_code = code >= 4096 && read(code + OB_TYPE as u64)? == interp.code_type;
+        let is_code = code >= 4096 && read(code + OB_TYPE as u64)? == code_type;
         let (instruction, entry) = match l.frame {
             FrameKind::Object { lasti, lasti_unit } => {
                 if !is_code {
@@ -176,8 +211,13 @@ fn walk(
                 code_start,
                 first_traceable,
             } => {
-                let owner = read(at + owner as u64)? as u8;
+                // `owner` and `is_entry` are bytes of one aligned word: one read for both.
+                let word = owner & !7;
+                let flags = read(at + word as u64)?;
+                let byte_at = |offset: usize| (flags >> ((offset - word) * 8)) as u8;
+                let owner = byte_at(owner);
                 let entry = match is_entry {
+                    Some(o) if o & !7 == word => byte_at(o) != 0,
                     Some(o) => read(at + o as u64)? as u8 != 0,
                     None => false,
                 };
@@ -245,7 +285,14 @@ pub fn check(interp: &Interp, scratch: &mut PyFrames) -> Option<bool> {
     if tstate == 0 {
         return None;
     }
-    match walk(interp, tstate, read_checked, true, scratch) {
+    match walk(
+        interp.layout,
+        interp.code_type,
+        tstate,
+        read_checked,
+        true,
+        scratch,
+    ) {
         None => Some(false),
         Some(_) if scratch.len == 0 => None,
         Some(_) => {
@@ -325,6 +372,7 @@ mod tests {
             unicode_type: 0,
             bytes_type: 0,
             eval: (0x1000, 0x2000),
+            walker: capture_any,
         };
         // malloc's caller, eval (runs 2 frames), a C function, eval (runs 1), main.
         let stack = [
@@ -364,5 +412,197 @@ mod tests {
         assert_eq!(read_checked(&x as *const u64 as u64), Some(x));
         assert_eq!(read_checked(8), None);
         assert_eq!(read_checked(u64::MAX - 16), None);
+    }
+
+    thread_local! {
+        static FAKE_TSTATE: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+    }
+
+    unsafe extern "C" fn fake_tstate() -> *mut core::ffi::c_void {
+        FAKE_TSTATE.with(|t| t.get()) as *mut core::ffi::c_void
+    }
+
+    /// Objects laid out in one zeroed buffer, as an interpreter of a given layout would have them.
+    struct Memory {
+        words: Vec<u64>,
+        next: usize,
+    }
+
+    impl Memory {
+        fn new() -> Memory {
+            Memory {
+                words: vec![0; 8192],
+                next: 8,
+            }
+        }
+
+        /// A zeroed object of 512 bytes; its address.
+        fn object(&mut self) -> u64 {
+            let at = self.next;
+            self.next += 64;
+            &self.words[at] as *const u64 as u64
+        }
+
+        fn put(&mut self, addr: u64, offset: usize, value: u64, bytes: usize) {
+            let base = self.words.as_mut_ptr() as u64;
+            let i = (addr + offset as u64 - base) as usize;
+            // SAFETY: a test buffer: `i + bytes` is inside `words` (objects are 512 bytes, fields
+            // are at smaller offsets).
+            let b = unsafe {
+                core::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), 8 * 8192)
+            };
+            b[i..i + bytes].copy_from_slice(&value.to_le_bytes()[..bytes]);
+        }
+    }
+
+    /// A chain of frames for `l` covering each case of the walk (innermost first): a running frame,
+    /// an incomplete one, the eval loop's shim, a generator's frame not yet past its prologue, a
+    /// frame whose code is not a code object, and an entry frame. Returns the thread state and
+    /// what a walk must find.
+    fn fake_chain(m: &mut Memory, l: &Layout, code_type: u64) -> (u64, Vec<RawFrame>) {
+        let mut codes = [0u64; 3];
+        for (k, code) in codes.iter_mut().enumerate() {
+            *code = m.object();
+            m.put(*code, OB_TYPE, code_type, 8);
+            m.put(*code, l.co_line_table, 0x7000_0000 + k as u64 * 0x100, 8);
+        }
+        let table = |k: u64| 0x7000_0000 + k * 0x100;
+        let not_code = m.object();
+        m.put(not_code, OB_TYPE, code_type + 8, 8);
+        let mut frames = Vec::new();
+        let expected = match l.frame {
+            FrameKind::Object { lasti, lasti_unit } => {
+                // (code, f_lasti)
+                for (code, at) in [
+                    (codes[0], 10u64),
+                    (not_code, 3),
+                    (codes[1], u64::from(u32::MAX)),
+                ] {
+                    let f = m.object();
+                    m.put(f, l.frame_code, code, 8);
+                    m.put(f, lasti, at, 4);
+                    frames.push(f);
+                }
+                vec![
+                    RawFrame {
+                        code: codes[0],
+                        table: table(0),
+                        instruction: (10 * lasti_unit) as u32,
+                        entry: true,
+                    },
+                    // f_lasti -1: not started.
+                    RawFrame {
+                        code: codes[1],
+                        table: table(1),
+                        instruction: 0,
+                        entry: true,
+                    },
+                ]
+            }
+            FrameKind::Interpreter {
+                instr,
+                owner,
+                is_entry,
+                code_start,
+                first_traceable,
+            } => {
+                for code in codes {
+                    m.put(code, first_traceable, 3, 4);
+                }
+                let start = |code: u64| code + code_start as u64;
+                // (code, instruction pointer, owner, is_entry)
+                let chain = [
+                    (codes[0], start(codes[0]) + 20, 0, false),
+                    (codes[1], start(codes[1]) + 2, 0, false),
+                    (codes[2], 0, OWNED_BY_CSTACK, false),
+                    (codes[2], start(codes[2]), OWNED_BY_GENERATOR, false),
+                    (not_code, 0, 0, true),
+                    (codes[0], start(codes[0]) + 40, 0, true),
+                ];
+                for (code, ip, own, entry) in chain {
+                    let f = m.object();
+                    m.put(f, l.frame_code, code, 8);
+                    m.put(f, instr, ip, 8);
+                    m.put(f, owner, u64::from(own), 1);
+                    if let Some(o) = is_entry {
+                        m.put(f, o, u64::from(entry), 1);
+                    }
+                    frames.push(f);
+                }
+                let with_flag = is_entry.is_some();
+                vec![
+                    // Marked as an entry by the shim frame outside it.
+                    RawFrame {
+                        code: codes[0],
+                        table: table(0),
+                        instruction: 20,
+                        entry: true,
+                    },
+                    // Before its first traceable instruction, but a generator's.
+                    RawFrame {
+                        code: codes[2],
+                        table: table(2),
+                        instruction: 0,
+                        entry: with_flag,
+                    },
+                    RawFrame {
+                        code: codes[0],
+                        table: table(0),
+                        instruction: 40,
+                        entry: with_flag,
+                    },
+                ]
+            }
+        };
+        for w in frames.windows(2) {
+            m.put(w[0], l.frame_back, w[1], 8);
+        }
+        let tstate = m.object();
+        match l.cframe_current {
+            Some(current) => {
+                let cframe = m.object();
+                m.put(tstate, l.tstate_frame, cframe, 8);
+                m.put(cframe, current, frames[0], 8);
+            }
+            None => m.put(tstate, l.tstate_frame, frames[0], 8),
+        }
+        (tstate, expected)
+    }
+
+    /// Each version's compiled-in walker finds exactly the frames (and hash) that the walk reading
+    /// the offsets from the layout finds, and both are what the chain holds.
+    #[test]
+    fn compiled_walkers_agree_with_the_layout_walk() {
+        let code_type = 0x5555_0000_u64;
+        for l in &LAYOUTS {
+            let mut m = Memory::new();
+            let (tstate, expected) = fake_chain(&mut m, l, code_type);
+            FAKE_TSTATE.with(|t| t.set(tstate));
+            let interp = Interp {
+                layout: l,
+                get_tstate: fake_tstate,
+                code_type,
+                unicode_type: 0,
+                bytes_type: 0,
+                eval: (0, 0),
+                walker: walker(l),
+            };
+            assert!(
+                !core::ptr::fn_addr_eq(interp.walker, capture_any as Walker),
+                "3.{}",
+                l.minor
+            );
+            let mut fast = PyFrames::new();
+            let mut generic = PyFrames::new();
+            let h_fast = capture(&interp, &mut fast);
+            let h_generic = capture_any(&interp, &mut generic);
+            assert_eq!(fast.frames(), &expected[..], "3.{}", l.minor);
+            assert_eq!(generic.frames(), &expected[..], "3.{}", l.minor);
+            assert_eq!(h_fast, h_generic, "3.{}", l.minor);
+            assert_ne!(h_fast, 0);
+            FAKE_TSTATE.with(|t| t.set(0));
+            assert_eq!(capture(&interp, &mut fast), 0);
+            assert!(fast.frames().is_empty());
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Interp {
     pub bytes_type: u64,
     /// `[start, end)` of `_PyEval_EvalFrameDefault`'s code: the native frames that run Python frames.
     pub eval: (u64, u64),
+    /// The hot-path frame walk compiled for this version's layout (`frames::walker`).
+    pub walker: frames::Walker,
 }
 
 impl Interp {
@@ -195,6 +197,7 @@ fn find_interp(layout: &'static Layout) -> Option<Interp> {
         unicode_type: symbol(c"PyUnicode_Type")? as u64,
         bytes_type: symbol(c"PyBytes_Type")? as u64,
         eval: (eval as u64, eval as u64 + symbol_size(eval)?),
+        walker: frames::walker(layout),
     })
 }
 
