@@ -183,7 +183,8 @@ fn new_stack(
     mut map: &'static ModuleMap,
     mut hash: u64,
 ) -> u32 {
-    if has_unknown_frame(map, ts.frames.outermost_first()) && modules::changed_since_scan() {
+    let mut native = resolve_native(map, ts.frames.outermost_first());
+    if native.iter().any(|&(_, f)| f.module == UNKNOWN_MODULE) && modules::changed_since_scan() {
         // A library loaded since the last scan: learn it, then unwind again with its tables.
         if let Some(changes) = modules::rescan(false) {
             write_module_changes(w, &changes);
@@ -193,26 +194,11 @@ fn new_stack(
             ts.frames.clear();
             stacks::capture(map, &mut ts.unwind_cache, ts.stack_hi, &mut ts.frames);
             hash = with_python_frames(ts);
+            native = resolve_native(map, ts.frames.outermost_first());
         }
     }
     let (id, new) = stacks::intern(&mut ts.stacks, hash);
     if new {
-        let native: Vec<(u64, Frame)> = ts
-            .frames
-            .outermost_first()
-            .iter()
-            .rev()
-            .map(|&a| match map.resolve(a) {
-                Some((module, offset)) => (a, Frame { module, offset }),
-                None => (
-                    a,
-                    Frame {
-                        module: 0,
-                        offset: a,
-                    },
-                ),
-            })
-            .collect();
         let frames = match python::interp() {
             Some(interp) if !ts.python.frames().is_empty() => {
                 let codes = code_ids(interp, ts, w);
@@ -248,6 +234,24 @@ fn code_ids(interp: &python::Interp, ts: &ThreadState, w: &mut ChunkWriter) -> V
         .collect()
 }
 
-fn has_unknown_frame(map: &ModuleMap, frames: &[u64]) -> bool {
-    frames.iter().any(|&a| map.resolve(a).is_none())
+/// The module of a frame outside every known module (its offset is then the address itself).
+const UNKNOWN_MODULE: u32 = 0;
+
+/// The native frames of a stack given outermost first, innermost first, each with its return
+/// address: resolved once, both to find frames of unknown modules and to write the stack.
+fn resolve_native(map: &ModuleMap, outermost_first: &[u64]) -> Vec<(u64, Frame)> {
+    outermost_first
+        .iter()
+        .rev()
+        .map(|&a| match map.resolve(a) {
+            Some((module, offset)) => (a, Frame { module, offset }),
+            None => (
+                a,
+                Frame {
+                    module: UNKNOWN_MODULE,
+                    offset: a,
+                },
+            ),
+        })
+        .collect()
 }

@@ -12,15 +12,37 @@ use crate::spin::SpinMutex;
 use memtrace_format::PyCodeInfo;
 use memtrace_format::record::line_table;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Longest name or file name kept, in characters.
 const MAX_STR: usize = 4096;
 /// Longest line table kept, in bytes (the record's limit is 64 KiB).
 const MAX_TABLE: usize = 60 << 10;
 
+/// The registry's keys are pairs of heap addresses, not chosen by anyone: a multiply per word and a
+/// final fold (so that the table's index, its low bits, depends on every bit) spread them well, at a
+/// small part of SipHash's cost. Each new stack looks up every one of its Python frames here.
+#[derive(Default)]
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
 struct Registry {
-    ids: HashMap<(u64, u64), u32, BuildHasherDefault<DefaultHasher>>,
+    ids: HashMap<(u64, u64), u32, BuildHasherDefault<AddrHasher>>,
     next_id: u32,
 }
 
