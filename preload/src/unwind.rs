@@ -187,9 +187,11 @@ impl Shortcut {
     };
 
     /// The program's first frame from the capture's registers, if the tracer's frames are still
-    /// the ones this shortcut was composed from.
+    /// the ones this shortcut was composed from: every return address on the way into the tracer
+    /// where it was, and the one it leads to outside the tracer (a shortcut composed for a caller
+    /// with fewer tracer frames would otherwise stop inside the tracer).
     #[inline(always)]
-    fn apply(&self, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
+    fn apply(&self, map: &ModuleMap, regs: Regs, read_stack: impl ReadStack) -> Option<Regs> {
         let sp = regs.sp;
         for &(slot, ra) in &self.inner[..usize::from(self.inner_len)] {
             if read_stack(sp + u64::from(slot)).ok()? != ra {
@@ -203,7 +205,7 @@ impl Shortcut {
             read_stack(sp + u64::from(self.bp)).ok()?
         };
         let ra = read_stack(new_sp - 8).ok()?;
-        (ra != 0).then_some(Regs {
+        (ra != 0 && !map.is_self(ra)).then_some(Regs {
             ip: ra,
             sp: new_sp,
             bp,
@@ -255,7 +257,7 @@ impl UnwindCaches {
     ) -> Option<Regs> {
         for cut in &self.shortcuts {
             if cut.pc == regs.ip
-                && let Some(out) = cut.apply(regs, read_stack)
+                && let Some(out) = cut.apply(map, regs, read_stack)
             {
                 return Some(out);
             }
@@ -277,7 +279,7 @@ impl UnwindCaches {
         }
         // Every rule on the way is in the table now, unless displaced by another on the way.
         if let Some(cut) = self.compose(map, regs, read_stack)
-            && cut.apply(regs, read_stack) == Some(out)
+            && cut.apply(map, regs, read_stack) == Some(out)
         {
             self.shortcuts[self.next_shortcut] = cut;
             self.next_shortcut = (self.next_shortcut + 1) % SHORTCUTS;
