@@ -501,6 +501,13 @@ fn varint_short(win: &[u8; FAST_WINDOW], at: usize) -> Option<(u64, usize)> {
     if ends == 0 {
         return None;
     }
+    Some(gather_short(word, ends, at))
+}
+
+/// The value and end of a varint of at most four bytes in `word`, whose lowest clear high bit,
+/// the last byte's, is the lowest bit of `ends` (not 0).
+#[inline(always)]
+fn gather_short(word: u32, ends: u32, at: usize) -> (u64, usize) {
     // Every bit up to the last byte's high bit, which is clear in `word`.
     let keep = ends ^ (ends - 1);
     let len = (ends.trailing_zeros() as usize + 1) / 8;
@@ -508,7 +515,7 @@ fn varint_short(win: &[u8; FAST_WINDOW], at: usize) -> Option<(u64, usize)> {
     let mut x = word & keep & 0x7f7f_7f7f;
     x = (x & 0x007f_007f) | ((x & 0x7f00_7f00) >> 1);
     x = (x & 0x0000_3fff) | ((x & 0x3fff_0000) >> 2);
-    Some((u64::from(x), at + len))
+    (u64::from(x), at + len)
 }
 
 /// [`varint_short`] for a varint of at most eight bytes, the short ones still the fastest.
@@ -517,13 +524,7 @@ fn varint_long(win: &[u8; FAST_WINDOW], at: usize) -> Option<(u64, usize)> {
     let word = word_at(win, at);
     let ends = !word & 0x8080_8080_8080_8080;
     if ends as u32 != 0 {
-        let e = ends as u32;
-        let keep = e ^ (e - 1);
-        let len = (e.trailing_zeros() as usize + 1) / 8;
-        let mut x = word as u32 & keep & 0x7f7f_7f7f;
-        x = (x & 0x007f_007f) | ((x & 0x7f00_7f00) >> 1);
-        x = (x & 0x0000_3fff) | ((x & 0x3fff_0000) >> 2);
-        return Some((u64::from(x), at + len));
+        return Some(gather_short(word as u32, ends as u32, at));
     }
     varint_upper(word, ends, at)
 }
