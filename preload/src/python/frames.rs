@@ -159,7 +159,15 @@ fn capture_with(l: &Layout, interp: &Interp, out: &mut PyFrames) -> u64 {
     if tstate == 0 {
         return 0;
     }
-    walk(l, interp.code_type, tstate, read_field, false, out).unwrap_or(0)
+    match walk(l, interp.code_type, tstate, read_field, false, out) {
+        Some(hash) => hash,
+        None => {
+            // A walk that failed partway hashes as no Python frames: it must keep none either, or
+            // the frames it found would be spliced into a stack whose hash lacks them.
+            out.clear();
+            0
+        }
+    }
 }
 
 /// Walks the chain with `read`. `strict`: any frame whose code is not a code object fails the walk
@@ -603,6 +611,45 @@ mod tests {
             FAKE_TSTATE.with(|t| t.set(0));
             assert_eq!(capture(&interp, &mut fast), 0);
             assert!(fast.frames().is_empty());
+        }
+    }
+
+    /// A chain that breaks partway (a frame's `back` is a pointer into the null page) walks as no
+    /// Python frames at all: none of the frames before the break are kept.
+    #[test]
+    fn a_walk_that_fails_partway_keeps_no_frames() {
+        let code_type = 0x5555_0000_u64;
+        for l in &LAYOUTS {
+            let mut m = Memory::new();
+            let (tstate, expected) = fake_chain(&mut m, l, code_type);
+            FAKE_TSTATE.with(|t| t.set(tstate));
+            let interp = Interp {
+                layout: l,
+                get_tstate: fake_tstate,
+                code_type,
+                unicode_type: 0,
+                bytes_type: 0,
+                eval: (0, 0),
+                walker: walker(l),
+            };
+            let mut frames = PyFrames::new();
+            assert_ne!(capture(&interp, &mut frames), 0, "3.{}", l.minor);
+            assert_eq!(frames.frames(), &expected[..], "3.{}", l.minor);
+            // Break the chain after its first frame.
+            let first = match l.cframe_current {
+                Some(current) => {
+                    let cframe = read_direct(tstate + l.tstate_frame as u64).unwrap();
+                    read_direct(cframe + current as u64).unwrap()
+                }
+                None => read_direct(tstate + l.tstate_frame as u64).unwrap(),
+            };
+            m.put(first, l.frame_back, 8, 8);
+            for walker in [interp.walker, capture_any as Walker] {
+                frames.clear();
+                assert_eq!(walker(&interp, &mut frames), 0, "3.{}", l.minor);
+                assert!(frames.frames().is_empty(), "3.{}", l.minor);
+            }
+            FAKE_TSTATE.with(|t| t.set(0));
         }
     }
 }
