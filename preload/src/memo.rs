@@ -20,7 +20,10 @@
 //!
 //! A capture that finds no stack whole walks as before, stopping at the first frame it shares
 //! with the entry it used last (the `current` one, which a matching but inexact entry becomes),
-//! and the result replaces the least recently used entry of its set. A thread whose lookups
+//! and the result replaces the least recently used entry of its set. Where that search keeps
+//! fewer frames than the walks unwind (stacks that share only their outermost frames, in no
+//! fixed order), its checks at every frame cost more than they save, mostly in mispredicted
+//! branches, and the walks go without it for a while. A thread whose lookups
 //! hardly ever find anything (stacks that recur less often than the entries can hold) stops
 //! looking for a while and rewrites its current entry in place, as the single memo did.
 //!
@@ -46,6 +49,11 @@ const WAYS: usize = 4;
 /// after a window in which fewer than one in eight found a stack.
 const WINDOW: u32 = 64;
 const BYPASS: u32 = 1024;
+
+/// Walks per window of [`Frames::walked`]'s statistics, and the walks that skip the search for
+/// shared outer frames after a window in which it kept fewer frames than the walks unwound.
+const SPLICE_WINDOW: u32 = 64;
+const NO_SPLICE: u32 = 4096;
 
 /// Whether and how an entry's stack may be used whole (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,6 +107,15 @@ pub struct Frames {
     /// Lookups in the current window, and how many found a stack (whole or as the memo).
     window: u32,
     found: u32,
+    /// Walks left that unwind to the end without looking for the frames they share with the
+    /// current entry, after a window of walks in which that search kept fewer frames than the
+    /// walks unwound (stacks that share little but their outermost frames, in a varied order:
+    /// the search then costs more than it saves, mostly in mispredicted branches).
+    no_splice: u32,
+    /// Walks in the current window, the frames they unwound and those they kept.
+    walks: u32,
+    walked: usize,
+    kept: usize,
     /// Captures answered by a whole stored stack (for tests).
     #[cfg(test)]
     pub whole_reuses: u64,
@@ -133,6 +150,10 @@ impl Frames {
             bypass: 0,
             window: 0,
             found: 0,
+            no_splice: 0,
+            walks: 0,
+            walked: 0,
+            kept: 0,
             #[cfg(test)]
             whole_reuses: 0,
         }
@@ -196,6 +217,32 @@ impl Frames {
     fn set(&self, key: (u64, u64)) -> usize {
         let h = (key.0 ^ key.1.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> 40) as usize & (self.sets - 1)
+    }
+
+    /// Whether the next walk looks for the frames it shares with the current entry.
+    #[inline(always)]
+    pub fn splicing(&self) -> bool {
+        self.no_splice == 0
+    }
+
+    /// Counts a walk that unwound `walked` frames and kept `kept` of the current entry's, and
+    /// turns the search for shared frames off for a while if, over a window of walks, it kept
+    /// fewer frames than the walks unwound.
+    #[inline(always)]
+    pub fn walked(&mut self, kept: usize, walked: usize) {
+        if self.no_splice > 0 {
+            self.no_splice -= 1;
+            return;
+        }
+        self.walks += 1;
+        self.walked += walked;
+        self.kept += kept;
+        if self.walks == SPLICE_WINDOW {
+            if self.kept < self.walked {
+                self.no_splice = NO_SPLICE;
+            }
+            (self.walks, self.walked, self.kept) = (0, 0, 0);
+        }
     }
 
     /// Makes the stored stack whose innermost frame is `key` the current one, if one is and it
@@ -473,6 +520,35 @@ mod tests {
         assert_eq!(f.hash(), hash_frames(&[10, 20, 40]));
         assert_ne!(f.current, first, "a new entry, the first kept");
         assert_eq!(f.entry(first).0, &[10, 20, 30]);
+    }
+
+    /// Walks that keep fewer frames than they unwind turn the search for shared frames off for
+    /// [`NO_SPLICE`] walks; walks that keep more leave it on.
+    #[test]
+    fn the_search_for_shared_frames_stops_when_it_keeps_little() {
+        let mut f = Frames::new(8);
+        for _ in 0..4 * SPLICE_WINDOW {
+            assert!(f.splicing());
+            // The outer 20 of 24 frames found in the current entry.
+            f.walked(20, 4);
+        }
+        for _ in 0..SPLICE_WINDOW - 1 {
+            f.walked(3, 19);
+        }
+        assert!(f.splicing(), "a window is judged when it is complete");
+        f.walked(3, 19);
+        assert!(!f.splicing());
+        for _ in 0..NO_SPLICE - 1 {
+            f.walked(0, 22);
+        }
+        assert!(!f.splicing());
+        f.walked(0, 22);
+        assert!(f.splicing(), "on again, for a new window");
+        // A window that keeps exactly as many frames as it unwinds still pays.
+        for _ in 0..SPLICE_WINDOW {
+            f.walked(10, 10);
+        }
+        assert!(f.splicing());
     }
 
     #[test]

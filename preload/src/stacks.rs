@@ -179,7 +179,8 @@ pub fn hash_frames(outermost_first: &[u64]) -> u64 {
 /// equal a frame of the previous capture, and every outer slot of that capture still holds the
 /// same return address, the outer frames are the same call chain and are kept instead of unwound.
 /// Each outer slot is read at most once per capture: a slot found changed rules out every match
-/// outside it.
+/// outside it. A thread whose walks keep few frames that way stops looking for a while
+/// ([`Frames::walked`]).
 #[inline(always)]
 pub fn capture(
     map: &ModuleMap,
@@ -217,7 +218,12 @@ pub fn capture(
     if let Some(n) = frames.reuse(key, regs, caches, map, read_stack) {
         return n;
     }
-    let (keep, n) = walk(map, caches, regs, read_stack, frames);
+    let (keep, n) = if frames.splicing() {
+        walk::<true>(map, caches, regs, read_stack, frames)
+    } else {
+        walk::<false>(map, caches, regs, read_stack, frames)
+    };
+    frames.walked(keep, n);
     frames.store(key, keep, n);
     n + keep
 }
@@ -226,10 +232,10 @@ pub fn capture(
 const NO_KEY: (u64, u64) = (0, 0);
 
 /// Unwinds from `regs` (the first frame of the program) into the scratch of `frames`, stopping at
-/// the first frame that the previous capture shares: returns how many of the previous capture's
-/// outer frames to keep, and how many frames were walked.
+/// the first frame that the previous capture shares if `SPLICE`: returns how many of the previous
+/// capture's outer frames to keep, and how many frames were walked.
 #[inline(always)]
-fn walk(
+fn walk<const SPLICE: bool>(
     map: &ModuleMap,
     caches: &mut UnwindCaches,
     mut regs: Regs,
@@ -246,7 +252,8 @@ fn walk(
         let (ra, slot) = (regs.ip, regs.sp.wrapping_sub(8));
         scratch[n] = (ra, slot);
         n += 1;
-        if let Some(outer) = memo.at_slot(slot)
+        if SPLICE
+            && let Some(outer) = memo.at_slot(slot)
             && outer < intact
             && memo.rets[outer] == ra
         {
