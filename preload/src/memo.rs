@@ -271,10 +271,15 @@ impl Frames {
             (self.window, self.found) = (0, 0);
         }
         let first = self.set(key) * WAYS;
-        for e in first..first + WAYS {
-            if self.keys[e] != key {
-                continue;
-            }
+        // The ways holding `key`, found without a branch per way: which of them match varies
+        // from one capture to the next and would be mispredicted.
+        let mut ways = 0u32;
+        for (w, k) in self.keys[first..first + WAYS].iter().enumerate() {
+            ways |= u32::from(*k == key) << w;
+        }
+        while ways != 0 {
+            let e = first + ways.trailing_zeros() as usize;
+            ways &= ways - 1;
             let whole = match self.exact[e] {
                 Exact::Slots => self.holds(e, read_stack),
                 Exact::Replay => self.replays(e, regs, read_stack),
