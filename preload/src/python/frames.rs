@@ -577,6 +577,21 @@ mod tests {
         (tstate, expected)
     }
 
+    /// An interpreter of layout `l` whose calling thread's state is `tstate`, with its compiled-in
+    /// walker.
+    fn fake_interp(l: &'static Layout, code_type: u64, tstate: u64) -> Interp {
+        FAKE_TSTATE.with(|t| t.set(tstate));
+        Interp {
+            layout: l,
+            get_tstate: fake_tstate,
+            code_type,
+            unicode_type: 0,
+            bytes_type: 0,
+            eval: (0, 0),
+            walker: walker(l),
+        }
+    }
+
     /// Each version's compiled-in walker finds exactly the frames (and hash) that the walk reading
     /// the offsets from the layout finds, and both are what the chain holds.
     #[test]
@@ -585,16 +600,7 @@ mod tests {
         for l in &LAYOUTS {
             let mut m = Memory::new();
             let (tstate, expected) = fake_chain(&mut m, l, code_type);
-            FAKE_TSTATE.with(|t| t.set(tstate));
-            let interp = Interp {
-                layout: l,
-                get_tstate: fake_tstate,
-                code_type,
-                unicode_type: 0,
-                bytes_type: 0,
-                eval: (0, 0),
-                walker: walker(l),
-            };
+            let interp = fake_interp(l, code_type, tstate);
             assert!(
                 !core::ptr::fn_addr_eq(interp.walker, capture_any as Walker),
                 "3.{}",
@@ -622,16 +628,7 @@ mod tests {
         for l in &LAYOUTS {
             let mut m = Memory::new();
             let (tstate, expected) = fake_chain(&mut m, l, code_type);
-            FAKE_TSTATE.with(|t| t.set(tstate));
-            let interp = Interp {
-                layout: l,
-                get_tstate: fake_tstate,
-                code_type,
-                unicode_type: 0,
-                bytes_type: 0,
-                eval: (0, 0),
-                walker: walker(l),
-            };
+            let interp = fake_interp(l, code_type, tstate);
             let mut frames = PyFrames::new();
             assert_ne!(capture(&interp, &mut frames), 0, "3.{}", l.minor);
             assert_eq!(frames.frames(), &expected[..], "3.{}", l.minor);
