@@ -33,6 +33,35 @@ impl Bytes {
         }
     }
 
+    /// The `len` bytes from `offset`, fewer where the file ends (or shrank under us): a file's read
+    /// into `scratch`, which keeps its length from one call to the next (the bytes past the answer
+    /// are stale), so that a buffer reused for chunks of varying sizes is zeroed only as it grows;
+    /// an owned buffer's bytes in place.
+    fn slice_at<'s>(&'s self, offset: usize, len: usize, scratch: &'s mut Vec<u8>) -> &'s [u8] {
+        let end = offset.saturating_add(len).min(self.len());
+        if offset >= end {
+            return &[];
+        }
+        match self {
+            Bytes::Owned(v) => &v[offset..end],
+            Bytes::File { file, .. } => {
+                use std::os::unix::fs::FileExt;
+                let want = end - offset;
+                if scratch.len() < want {
+                    scratch.resize(want, 0);
+                }
+                let mut done = 0;
+                while done < want {
+                    match file.read_at(&mut scratch[done..want], (offset + done) as u64) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => done += n,
+                    }
+                }
+                &scratch[..done]
+            }
+        }
+    }
+
     /// Fills `buf` with bytes from `offset`, fewer where the file ends (or shrank under us).
     fn read_at(&self, offset: usize, buf: &mut Vec<u8>, len: usize) {
         let end = offset.saturating_add(len).min(self.len());
@@ -483,8 +512,14 @@ impl Cursor<'_> {
         loop {
             let c = self.chunks.get(self.chunk)?;
             if !self.loaded {
-                bytes.read_at(c.offset, &mut self.data, c.len);
-                if c.header.packed != 0 && !unpack(&mut self.data, c.header.packed as usize) {
+                let unpacked = match c.header.packed {
+                    0 => {
+                        bytes.read_at(c.offset, &mut self.data, c.len);
+                        true
+                    }
+                    packed => unpack(bytes, c, packed as usize, &mut self.data),
+                };
+                if !unpacked {
                     warnings.push(format!(
                         "packed chunk at byte {} (thread {}) does not unpack: its records are skipped",
                         c.offset, self.thread
@@ -559,16 +594,24 @@ pub trait RecordSink {
     fn other(&mut self, thread: u32, record: &Record);
 }
 
-/// Replaces a packed chunk's bytes in `data` (header, then a zstd frame of `packed` bytes) by the
-/// header followed by the records the frame holds (FORMAT.md §3). `false` if the frame is cut
-/// short, corrupt, or holds more than a chunk may.
-fn unpack(data: &mut Vec<u8>, packed: usize) -> bool {
+/// Reads the packed chunk `c` (header, then a zstd frame of `packed` bytes) and puts into `data`
+/// its header followed by the records the frame holds (FORMAT.md §3). `false` if the frame is cut
+/// short, corrupt, or holds more than a chunk may; `data` then holds the header alone (no records).
+///
+/// This runs once per chunk of a packed trace, and unpacking is a quarter of a `summary`: the
+/// frame is decompressed straight into `data`, behind its header, with one decompression context
+/// and one buffer for the frames, both reused for every chunk (a frame's bytes read from the file
+/// land in the buffer; nothing is zeroed but the buffers' growth).
+fn unpack(bytes: &Bytes, c: &ChunkRef, packed: usize, data: &mut Vec<u8>) -> bool {
     thread_local! {
         static UNPACK: std::cell::RefCell<(Option<zstd::bulk::Decompressor<'static>>, Vec<u8>)> =
             const { std::cell::RefCell::new((None, Vec::new())) };
     }
-    UNPACK.with_borrow_mut(|(dctx, out)| {
-        let Some(frame) = data.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + packed) else {
+    UNPACK.with_borrow_mut(|(dctx, scratch)| {
+        let chunk = bytes.slice_at(c.offset, c.len, scratch);
+        data.clear();
+        data.extend_from_slice(&chunk[..CHUNK_HEADER_SIZE.min(chunk.len())]);
+        let Some(frame) = chunk.get(CHUNK_HEADER_SIZE..CHUNK_HEADER_SIZE + packed) else {
             return false;
         };
         let size = match zstd::zstd_safe::get_frame_content_size(frame) {
@@ -581,15 +624,18 @@ fn unpack(data: &mut Vec<u8>, packed: usize) -> bool {
         let Some(dctx) = dctx else {
             return false;
         };
-        out.clear();
-        out.extend_from_slice(&data[..CHUNK_HEADER_SIZE]);
-        out.resize(CHUNK_HEADER_SIZE + size, 0);
-        if !matches!(dctx.decompress_to_buffer(frame, &mut out[CHUNK_HEADER_SIZE..]), Ok(n) if n == size)
-        {
-            return false;
+        // The records go after the header, into the buffer's spare capacity (the cursor's
+        // position): the decompressor writes them and sets the length, nothing is zeroed first.
+        data.reserve(size);
+        let mut out = std::io::Cursor::new(&mut *data);
+        out.set_position(CHUNK_HEADER_SIZE as u64);
+        let done = dctx.decompress_to_buffer(frame, &mut out);
+        if matches!(done, Ok(n) if n == size) {
+            true
+        } else {
+            data.truncate(CHUNK_HEADER_SIZE);
+            false
         }
-        std::mem::swap(data, out);
-        true
     })
 }
 
@@ -813,6 +859,119 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A packed trace of two threads whose chunks unpack to different sizes (a chunk closes when
+    /// its next record does not fit, and the records are of many lengths).
+    /// Returns the bytes and the records pushed, by thread.
+    fn varied_packed_trace() -> (Vec<u8>, Vec<(u32, Record)>) {
+        let mut b = TraceBuilder::new(&TraceBuilder::test_header()).packed();
+        let mut pushed = Vec::new();
+        for i in 0..3000u64 {
+            let thread = 1 + (i / 7 % 2) as u32;
+            let r = match i % 5 {
+                0 => Record::Mark {
+                    time: i,
+                    label: "x".repeat((i * 37 % 200) as usize),
+                },
+                1 | 2 => Record::Alloc {
+                    time: i,
+                    kind: AllocKind::Malloc,
+                    stack: (i % 11) as u32,
+                    size: i * i,
+                    addr: 0x1000 + i * 16,
+                },
+                _ => Record::Free {
+                    time: i,
+                    addr: 0x1000 + (i - 1) * 16,
+                },
+            };
+            b.push(thread, &r);
+            pushed.push((thread, r));
+        }
+        (b.finish(), pushed)
+    }
+
+    /// The records and warnings of the trace at `path`, read from the file, and those of the same
+    /// bytes read from memory: they must be the same.
+    fn read_file_and_bytes(bytes: &[u8], name: &str) -> Read {
+        let path = std::env::temp_dir().join(format!("memtrace-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).expect("a temporary file");
+        let from_file = Trace::open(&path).expect("a trace");
+        std::fs::remove_file(&path).expect("the temporary file goes");
+        let mut it = from_file.records();
+        let records: Vec<(u32, Record)> = it.by_ref().map(|r| (r.thread, r.record)).collect();
+        let read = (records, it.take_warnings());
+        let [a, b] = both_ways(bytes.to_vec()).expect("a trace");
+        assert_eq!(read, a);
+        assert_eq!(read, b);
+        read
+    }
+
+    #[test]
+    fn packed_chunks_of_every_size_unpack_through_one_reused_buffer() {
+        let (bytes, pushed) = varied_packed_trace();
+        // The chunks unpack to many different sizes, in both orders (growing and shrinking).
+        let trace = Trace::from_bytes(bytes.clone(), "t").expect("a trace");
+        let sizes: std::collections::BTreeSet<usize> = trace
+            .threads
+            .iter()
+            .flat_map(|t| &t.chunks)
+            .map(|c| {
+                assert_ne!(c.header.packed, 0);
+                let frame = &bytes[c.offset + CHUNK_HEADER_SIZE..][..c.header.packed as usize];
+                zstd::zstd_safe::get_frame_content_size(frame)
+                    .expect("a frame")
+                    .expect("its size") as usize
+            })
+            .collect();
+        assert!(sizes.len() > 5, "{sizes:?}");
+        let (records, warnings) = read_file_and_bytes(&bytes, "varied");
+        let mut want = pushed;
+        let time = |r: &Record| match r {
+            Record::Mark { time, .. } | Record::Alloc { time, .. } | Record::Free { time, .. } => {
+                *time
+            }
+            _ => unreachable!("only these are pushed"),
+        };
+        want.sort_by_key(|(thread, r)| (time(r), *thread));
+        assert_eq!(records, want);
+        assert_eq!(
+            warnings.len(),
+            1,
+            "only the missing end record: {warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_packed_chunk_among_good_ones_is_skipped_with_a_warning() {
+        let (good, pushed) = varied_packed_trace();
+        let trace = Trace::from_bytes(good.clone(), "t").expect("a trace");
+        let chunks: Vec<ChunkRef> = trace.threads[0].chunks.clone();
+        assert!(chunks.len() > 3);
+        let bad = chunks[chunks.len() / 2];
+        let mut bytes = good.clone();
+        // Inside the frame's compressed blocks: the frame header still parses.
+        bytes[bad.offset + CHUNK_HEADER_SIZE + bad.header.packed as usize / 2] ^= 0x55;
+        let (records, warnings) = read_file_and_bytes(&bytes, "corrupt");
+        assert!(
+            warnings.iter().any(|w| w
+                == &format!(
+                    "packed chunk at byte {} (thread 1) does not unpack: its records are skipped",
+                    bad.offset
+                )),
+            "{warnings:?}"
+        );
+        // Every other chunk's records are read, those of the thread's later chunks included.
+        let (good_records, _) = read_file_and_bytes(&good, "good");
+        assert!(records.len() < good_records.len());
+        assert!(records.iter().all(|r| good_records.contains(r)));
+        let last = pushed
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == 1)
+            .expect("thread 1 wrote");
+        assert!(records.contains(last));
     }
 
     proptest! {
