@@ -350,35 +350,20 @@ impl Replayer {
     /// Applies every remaining record of a trace's stream: [`Replayer::run`] over [`Records`], the
     /// fast way ([`Records::for_each_batch`]: heap events come in runs, no [`Record`] made).
     ///
-    /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), each run's events wait
-    /// for the next run before they are applied: meanwhile the home slots of their lookups are
-    /// being loaded ([`LiveHeap::prefetch`]) while the previous run is applied and the next one
-    /// decoded. Each lookup would otherwise miss alone, the whole replay waiting behind it;
-    /// started a run ahead, the misses overlap with each other and with the work. Any other
-    /// record first applies the events before it, so observers see the exact order of the trace.
-    /// While the heap fits the caches, events are applied as they come.
+    /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), the home slots of a
+    /// run's lookups start loading ([`LiveHeap::prefetch`]) when the reader shows the run ahead
+    /// ([`RecordSink::ahead`]), while the run before it is applied and before the next is decoded.
+    /// Each lookup would otherwise miss alone, the whole replay waiting behind it; started a run
+    /// ahead, the misses overlap with each other and with the work. Observers see the exact order
+    /// of the trace: the reader hands over runs, and any other record, in order.
     pub fn run_records<O: Observer>(&mut self, records: &mut Records<'_>, obs: &mut O) {
         struct Sink<'a, O> {
             replayer: &'a mut Replayer,
             obs: &'a mut O,
-            /// Events whose slots are being loaded, applied when the next run comes (or any
-            /// other record).
-            waiting: Vec<HeapEvent>,
-        }
-        impl<O: Observer> Sink<'_, O> {
-            #[inline]
-            fn apply_waiting(&mut self) {
-                if !self.waiting.is_empty() {
-                    for e in &self.waiting {
-                        self.replayer.apply_event(e, self.obs);
-                    }
-                    self.waiting.clear();
-                }
-            }
         }
         impl<O: Observer> RecordSink for Sink<'_, O> {
             #[inline]
-            fn events(&mut self, events: &[HeapEvent]) {
+            fn ahead(&mut self, events: &[HeapEvent]) {
                 if self.replayer.heap.is_large() {
                     for e in events {
                         self.replayer.heap.prefetch(e.addr);
@@ -386,27 +371,22 @@ impl Replayer {
                             self.replayer.heap.prefetch(e.old);
                         }
                     }
-                    self.apply_waiting();
-                    self.waiting.extend_from_slice(events);
-                } else {
-                    self.apply_waiting();
-                    for e in events {
-                        self.replayer.apply_event(e, self.obs);
-                    }
+                }
+            }
+            #[inline]
+            fn events(&mut self, events: &[HeapEvent]) {
+                for e in events {
+                    self.replayer.apply_event(e, self.obs);
                 }
             }
             fn other(&mut self, thread: u32, record: &Record) {
-                self.apply_waiting();
                 self.replayer.apply_other(thread, record, self.obs);
             }
         }
-        let mut sink = Sink {
+        records.for_each_batch(&mut Sink {
             replayer: self,
             obs,
-            waiting: Vec::with_capacity(memtrace_format::BATCH),
-        };
-        records.for_each_batch(&mut sink);
-        sink.apply_waiting();
+        });
     }
 
     /// Makes `block` live at `addr`; returns what it amounts to.

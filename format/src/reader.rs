@@ -585,11 +585,77 @@ struct EventBatch {
     len: usize,
 }
 
+/// The run being decoded and the run decoded before it, which waits for it: a run's events are
+/// shown to a sink ([`RecordSink::ahead`]) one run before they are handed over, without a copy.
+struct Runs {
+    batches: [EventBatch; 2],
+    /// The batch being filled; the other holds the run that waits, if any.
+    filling: usize,
+}
+
+impl Runs {
+    fn new() -> Runs {
+        let empty = || EventBatch {
+            events: [HeapEvent::EMPTY; BATCH],
+            len: 0,
+        };
+        Runs {
+            batches: [empty(), empty()],
+            filling: 0,
+        }
+    }
+
+    /// The batch being filled.
+    #[inline(always)]
+    fn batch(&mut self) -> &mut EventBatch {
+        &mut self.batches[self.filling & 1]
+    }
+
+    /// Shows the batch being filled to `sink`, hands it the run that waited, and makes the
+    /// filled batch the one that waits.
+    #[inline]
+    fn hand(&mut self, sink: &mut impl RecordSink) {
+        let [a, b] = &mut self.batches;
+        let (filled, waiting) = if self.filling & 1 == 0 {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        if filled.len == 0 {
+            return;
+        }
+        sink.ahead(&filled.events[..filled.len]);
+        if waiting.len > 0 {
+            sink.events(&waiting.events[..waiting.len]);
+            waiting.len = 0;
+        }
+        self.filling ^= 1;
+    }
+
+    /// Hands `sink` every event decoded so far (before a record that is not a heap event, and at
+    /// the end).
+    #[inline]
+    fn drain(&mut self, sink: &mut impl RecordSink) {
+        self.hand(sink);
+        let waiting = &mut self.batches[(self.filling ^ 1) & 1];
+        if waiting.len > 0 {
+            sink.events(&waiting.events[..waiting.len]);
+            waiting.len = 0;
+        }
+    }
+}
+
 /// What [`Records::for_each_batch`] feeds: runs of heap events, and every other record, in the
 /// stream's order.
 pub trait RecordSink {
     /// The next heap events, in order (1 to [`BATCH`] of them).
     fn events(&mut self, events: &[HeapEvent]);
+    /// The heap events that [`RecordSink::events`] gets next, shown ahead of time: the events
+    /// before them are handed over after this call, and the next run is decoded meanwhile, so a
+    /// sink can start slow work on them early (a hint: bring the memory they will touch into the
+    /// caches). By default nothing.
+    #[inline(always)]
+    fn ahead(&mut self, _events: &[HeapEvent]) {}
     /// The next record, which is not a heap event, and its thread.
     fn other(&mut self, thread: u32, record: &Record);
 }
@@ -696,7 +762,9 @@ impl Records<'_> {
     /// Feeds every remaining record to `sink`, in the iterator's order, and ends the stream as the
     /// iterator's end does. It is iteration without a [`Record`] per heap event: the thread that is
     /// next runs in a tight loop, its heap events decoded into an array that `sink` gets whole,
-    /// for as long as they come before every other thread's next record.
+    /// for as long as they come before every other thread's next record. Each run is shown to
+    /// [`RecordSink::ahead`] one run before [`RecordSink::events`] gets it (two arrays take turns),
+    /// and any other record first hands over every event before it.
     pub fn for_each_batch(&mut self, sink: &mut impl RecordSink) {
         let Records {
             bytes,
@@ -707,30 +775,21 @@ impl Records<'_> {
             saw_end,
             ..
         } = self;
-        let mut batch = EventBatch {
-            events: [HeapEvent::EMPTY; BATCH],
-            len: 0,
-        };
-        // The batch is handed over before any other record, and when full.
-        let flush = |batch: &mut EventBatch, sink: &mut _| {
-            if batch.len > 0 {
-                RecordSink::events(sink, &batch.events[..batch.len]);
-                batch.len = 0;
-            }
-        };
+        let mut runs = Runs::new();
         while let Some(i) = *current {
             let cursor = &mut cursors[i];
             let thread = cursor.thread;
             match cursor.pending.take() {
                 Some(Next::Event(e)) => {
-                    if batch.len == BATCH {
-                        flush(&mut batch, sink);
+                    if runs.batch().len == BATCH {
+                        runs.hand(sink);
                     }
+                    let batch = runs.batch();
                     batch.events[batch.len] = e;
                     batch.len += 1;
                 }
                 Some(Next::Other(r)) => {
-                    flush(&mut batch, sink);
+                    runs.drain(sink);
                     *saw_end |= matches!(*r, Record::End { .. });
                     sink.other(thread, &r);
                 }
@@ -742,10 +801,10 @@ impl Records<'_> {
                 .peek()
                 .map_or((u64::MAX, u32::MAX), |Reverse((t, th, _))| (*t, *th));
             loop {
-                match cursor.fill(&mut batch, bound, bytes, warnings) {
-                    Fill::Full => flush(&mut batch, sink),
+                match cursor.fill(runs.batch(), bound, bytes, warnings) {
+                    Fill::Full => runs.hand(sink),
                     Fill::Other(r) => {
-                        flush(&mut batch, sink);
+                        runs.drain(sink);
                         *saw_end |= matches!(*r, Record::End { .. });
                         sink.other(thread, &r);
                     }
@@ -764,7 +823,7 @@ impl Records<'_> {
                 }
             }
         }
-        flush(&mut batch, sink);
+        runs.drain(sink);
         self.finish();
     }
 
