@@ -97,8 +97,7 @@ impl LiveHeap {
     /// The slot where the search for `addr` starts (see [`LiveHeap`]).
     #[inline(always)]
     fn home(&self, addr: u64) -> usize {
-        let window = (addr >> 8).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift;
-        (window as usize).wrapping_add((addr >> 4) as usize & 15) & self.mask
+        home_of(addr, self.shift, self.mask)
     }
 
     /// The slot holding `addr`, if it is live (`addr != 0`).
@@ -182,20 +181,24 @@ impl LiveHeap {
         if self.len >= self.limit {
             self.grow();
         }
-        let mut i = self.home(addr);
+        let (home, mask) = (self.home(addr), self.mask);
+        // Every index below is masked, and the slice is `mask + 1` slots long: no bounds checks
+        // in the loop.
+        let slots = &self.slots[..=mask];
+        let mut i = home;
         loop {
-            let a = self.slots[i].addr;
+            let a = slots[i & mask].addr;
             if a == 0 {
-                self.put(i, addr, block);
+                self.put(i & mask, addr, block);
                 self.len += 1;
                 return None;
             }
             if a == addr {
-                let old = self.block_at(i, true);
-                self.put(i, addr, block);
+                let old = self.block_at(i & mask, true);
+                self.put(i & mask, addr, block);
                 return Some(old);
             }
-            i = (i + 1) & self.mask;
+            i = (i + 1) & mask;
         }
     }
 
@@ -205,28 +208,46 @@ impl LiveHeap {
         if addr == 0 {
             return self.zero.take();
         }
-        let i = self.find(addr)?;
-        let old = self.block_at(i, true);
-        self.len -= 1;
+        let (home, mask, shift) = (self.home(addr), self.mask, self.shift);
+        let slots = &mut self.slots[..=mask];
+        let mut i = home;
+        let s = loop {
+            let s = slots[i & mask];
+            if s.addr == addr {
+                break s;
+            }
+            if s.addr == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        };
         // Backward shift: move later entries of the run into the hole when their home slot allows
         // (the hole lies between their home and where they are), so every entry stays reachable
         // from its home without tombstones.
-        let mut hole = i;
-        let mut j = (i + 1) & self.mask;
+        let mut hole = i & mask;
+        let mut j = (hole + 1) & mask;
         loop {
-            let a = self.slots[j].addr;
-            if a == 0 {
+            let next = slots[j & mask];
+            if next.addr == 0 {
                 break;
             }
-            let home = self.home(a);
-            if (j.wrapping_sub(home) & self.mask) >= (j.wrapping_sub(hole) & self.mask) {
-                self.slots[hole] = self.slots[j];
+            let home = home_of(next.addr, shift, mask);
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                slots[hole & mask] = next;
                 hole = j;
             }
-            j = (j + 1) & self.mask;
+            j = (j + 1) & mask;
         }
-        self.slots[hole] = Slot::default();
-        Some(old)
+        slots[hole & mask] = Slot::default();
+        self.len -= 1;
+        let size = match s.size {
+            BIG => self.big_size(addr, true),
+            n => u64::from(n),
+        };
+        Some(Block {
+            size,
+            stack: s.stack,
+        })
     }
 
     /// Doubles the table (it is as full as it may be).
@@ -289,6 +310,13 @@ impl LiveHeap {
         });
         self.zero.map(|b| (0, b)).into_iter().chain(slots)
     }
+}
+
+/// [`LiveHeap::home`] of a table with this `shift` and `mask`.
+#[inline(always)]
+fn home_of(addr: u64, shift: u32, mask: usize) -> usize {
+    let window = (addr >> 8).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift;
+    (window as usize).wrapping_add((addr >> 4) as usize & 15) & mask
 }
 
 /// Asks the CPU to bring `slot`'s cache line in, without waiting for it: a hint, which changes no
