@@ -450,37 +450,27 @@ impl Cursor<'_> {
             // The hot loop: heap events one after another, the cursor's state in locals, each
             // read from a whole window of the chunk (all but the last few records of a chunk).
             if let (true, Some(limit)) = (self.loaded, time_limit(bound, self.thread)) {
-                let data = &self.data[..];
-                let thread = self.thread;
-                let mut pos = self.pos;
-                let (mut time, mut addr) = (self.st.time, self.st.addr);
-                let mut n = batch.len;
-                let stop = loop {
-                    if n >= BATCH {
-                        break Some(Fill::Full);
-                    }
-                    let Some(win) = data.get(pos..pos + FAST_WINDOW) else {
-                        break None;
-                    };
-                    let win: &[u8; FAST_WINDOW] = win.try_into().expect("a window's length");
-                    let Some((e, len)) = decode_event_fast(win, time, addr, thread) else {
-                        break None;
-                    };
-                    pos += len;
-                    time = e.time;
-                    addr = e.addr;
-                    if time > limit {
-                        break Some(Fill::After(Next::Event(e)));
-                    }
-                    batch.events[n] = e;
-                    n += 1;
-                };
+                let run = decode_run(
+                    &self.data,
+                    Run {
+                        pos: self.pos,
+                        time: self.st.time,
+                        addr: self.st.addr,
+                        n: batch.len,
+                    },
+                    limit,
+                    self.thread,
+                    &mut batch.events,
+                );
+                let Run { pos, time, addr, n } = run.0;
                 batch.len = n;
                 self.pos = pos;
                 self.st.time = time;
                 self.st.addr = addr;
-                if let Some(stop) = stop {
-                    return stop;
+                match run.1 {
+                    RunEnd::Full => return Fill::Full,
+                    RunEnd::After(e) => return Fill::After(Next::Event(e)),
+                    RunEnd::Slow => {}
                 }
             }
             // Anything else, one record: the last records of a chunk, the end of a chunk, a
@@ -563,6 +553,67 @@ impl Cursor<'_> {
             self.loaded = false;
         }
     }
+}
+
+/// Where [`decode_run`] is: the position in the chunk, the chunk's delta bases, and the number of
+/// events in the batch.
+#[derive(Clone, Copy)]
+struct Run {
+    pos: usize,
+    time: u64,
+    addr: u64,
+    n: usize,
+}
+
+/// Why [`decode_run`] stopped.
+enum RunEnd {
+    /// The batch is full.
+    Full,
+    /// The next event (decoded, the position past it) comes after the time limit.
+    After(HeapEvent),
+    /// The next record needs the slow path (the end of the chunk, a record that is not a heap
+    /// event or not one the fast path reads).
+    Slow,
+}
+
+/// The reader's hot loop: decodes heap events from `data` at `run.pos` into `events[run.n..]`
+/// for as long as the fast path reads them, the batch has room and their times are at most
+/// `limit`. A function of its own, with the loop's state in a few locals, so that they stay in
+/// registers.
+#[inline(never)]
+fn decode_run(
+    data: &[u8],
+    run: Run,
+    limit: u64,
+    thread: u32,
+    events: &mut [HeapEvent; BATCH],
+) -> (Run, RunEnd) {
+    let Run {
+        mut pos,
+        mut time,
+        mut addr,
+        mut n,
+    } = run;
+    let end = loop {
+        if n >= BATCH {
+            break RunEnd::Full;
+        }
+        let Some(win) = data.get(pos..).and_then(|d| d.first_chunk::<FAST_WINDOW>()) else {
+            break RunEnd::Slow;
+        };
+        let Some((e, len)) = decode_event_fast(win, time, addr, thread) else {
+            break RunEnd::Slow;
+        };
+        pos += len;
+        time = e.time;
+        addr = e.addr;
+        if time > limit {
+            break RunEnd::After(e);
+        }
+        events[n] = e;
+        n += 1;
+    };
+    (Run { pos, time, addr, n }, end)
 }
 
 /// The latest time at which a record of `thread` comes before `bound`, the `(time, thread)` key of
