@@ -31,11 +31,20 @@ pub struct Block {
 ///   A table small enough for the core's own cache ([`SMALL_SLOTS`]) is kept at most a quarter
 ///   full: there, a collision costs more in mispredicted branches than the memory; a larger one at
 ///   most half full, where memory and cache misses dominate;
-/// - the home slot of an address keeps neighbours together: the 256 bytes of address space around
-///   it land at a pseudo-random place (a Fibonacci hash of `addr >> 8`), and the 16-byte steps
-///   within them on consecutive slots. Allocators hand out neighbouring addresses close in time,
-///   so a run of allocations or frees walks the table instead of jumping around it, while any set
-///   of addresses still spreads over the whole table;
+/// - the home slot of an address keeps neighbours together: the page (4 KiB) of address space
+///   around it lands at a pseudo-random place (a Fibonacci hash of `addr >> 12`), and the 16-byte
+///   steps within it on consecutive slots, so each page of the heap has a page of the table.
+///   Allocators hand out neighbouring addresses close in time, so a run of allocations or frees
+///   walks the table instead of jumping around it, and the table's pages in use at any time are
+///   about as few as the heap's (a table of millions of blocks outgrows the TLB's reach, and a
+///   lookup on a page it does not map waits for a page walk; the previous layout, which placed
+///   each 256 bytes of address space anywhere, made nearly every lookup of a large table one),
+///   while any set of addresses still spreads over the whole table;
+/// - a wide window crowds the table where pages of the heap are dense and two of their windows
+///   overlap (an allocator of 16-byte blocks fills every slot of its pages). Probes far from home
+///   are counted, and once they add up to the number of live blocks the table is laid out again
+///   with narrow windows (256 bytes of address space each, 16 slots), for good: the cost of the
+///   crowding stays within that of one rehash;
 /// - sizes from `u32::MAX` bytes up, and the block at address 0 (which marks an empty slot), live
 ///   on the side, in maps as small as such blocks are rare.
 pub struct LiveHeap {
@@ -45,6 +54,10 @@ pub struct LiveHeap {
     mask: usize,
     /// `64 - log2(slots.len())`: the Fibonacci hash keeps the product's top bits.
     shift: u32,
+    /// The window of address space whose 16-byte steps take consecutive slots: its address bits.
+    window: Window,
+    /// Probes beyond [`FAR`] of their home since the table was laid out, summed.
+    far: usize,
     /// Occupied slots.
     len: usize,
     /// Occupied slots beyond which the table grows.
@@ -63,6 +76,32 @@ struct Slot {
     size: u32,
     stack: u32,
 }
+
+/// The address bits of a window of [`LiveHeap`]: `addr >> bits` picks the window (hashed), and
+/// the 16-byte steps within it (`(addr >> 4) & within`) consecutive slots. The table's hot paths
+/// are compiled once for each of the two (see [`LiveHeap::with_window`]), so that these are
+/// constants there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    bits: u32,
+    within: usize,
+}
+
+impl Window {
+    /// A page of address space: its table usage follows the heap's pages.
+    const WIDE: Window = Window {
+        bits: 12,
+        within: (1 << 8) - 1,
+    };
+    /// 256 bytes of address space: for heaps dense enough to crowd wide windows.
+    const NARROW: Window = Window {
+        bits: 8,
+        within: (1 << 4) - 1,
+    };
+}
+
+/// Probes this far from home (or further) count as crowding.
+const FAR: usize = 16;
 
 /// A slot's size that says "look in the big map".
 const BIG: u32 = u32::MAX;
@@ -87,6 +126,8 @@ impl LiveHeap {
             slots: vec![Slot::default(); n],
             mask: n - 1,
             shift: 64 - n.trailing_zeros(),
+            window: Window::WIDE,
+            far: 0,
             len: 0,
             limit: if n < SMALL_SLOTS { n / 4 } else { n / 2 },
             big: FxHashMap::default(),
@@ -97,7 +138,17 @@ impl LiveHeap {
     /// The slot where the search for `addr` starts (see [`LiveHeap`]).
     #[inline(always)]
     fn home(&self, addr: u64) -> usize {
-        home_of(addr, self.shift, self.mask)
+        self.with_window(|w| home_of(addr, self.shift, self.mask, w))
+    }
+
+    /// `f` of the table's [`Window`], as a constant: each call site is compiled once for each.
+    #[inline(always)]
+    fn with_window<T>(&self, f: impl FnOnce(Window) -> T) -> T {
+        if self.window == Window::WIDE {
+            f(Window::WIDE)
+        } else {
+            f(Window::NARROW)
+        }
     }
 
     /// The slot holding `addr`, if it is live (`addr != 0`).
@@ -181,7 +232,18 @@ impl LiveHeap {
         if self.len >= self.limit {
             self.grow();
         }
-        let (home, mask) = (self.home(addr), self.mask);
+        if self.window == Window::WIDE {
+            self.insert_in(addr, block, Window::WIDE)
+        } else {
+            self.insert_in(addr, block, Window::NARROW)
+        }
+    }
+
+    /// [`LiveHeap::insert`] of an address that is not 0 into a table with room, laid out with
+    /// `window`.
+    #[inline(always)]
+    fn insert_in(&mut self, addr: u64, block: Block, window: Window) -> Option<Block> {
+        let (home, mask) = (home_of(addr, self.shift, self.mask, window), self.mask);
         // Every index below is masked, and the slice is `mask + 1` slots long: no bounds checks
         // in the loop.
         let slots = &self.slots[..=mask];
@@ -208,7 +270,18 @@ impl LiveHeap {
         if addr == 0 {
             return self.zero.take();
         }
-        let (home, mask, shift) = (self.home(addr), self.mask, self.shift);
+        if self.window == Window::WIDE {
+            self.remove_in(addr, Window::WIDE)
+        } else {
+            self.remove_in(addr, Window::NARROW)
+        }
+    }
+
+    /// [`LiveHeap::remove`] of an address that is not 0 from a table laid out with `window`.
+    #[inline(always)]
+    fn remove_in(&mut self, addr: u64, window: Window) -> Option<Block> {
+        let (mask, shift) = (self.mask, self.shift);
+        let home = home_of(addr, shift, mask, window);
         let slots = &mut self.slots[..=mask];
         let mut i = home;
         let s = loop {
@@ -224,14 +297,15 @@ impl LiveHeap {
         // Backward shift: move later entries of the run into the hole when their home slot allows
         // (the hole lies between their home and where they are), so every entry stays reachable
         // from its home without tombstones.
-        let mut hole = i & mask;
+        let found = i & mask;
+        let mut hole = found;
         let mut j = (hole + 1) & mask;
         loop {
             let next = slots[j & mask];
             if next.addr == 0 {
                 break;
             }
-            let home = home_of(next.addr, shift, mask);
+            let home = home_of(next.addr, shift, mask, window);
             if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
                 slots[hole & mask] = next;
                 hole = j;
@@ -240,6 +314,11 @@ impl LiveHeap {
         }
         slots[hole & mask] = Slot::default();
         self.len -= 1;
+        // The rest of the run, which every insert and remove in it walks: crowding shows here.
+        let run = j.wrapping_sub(found) & mask;
+        if run >= FAR {
+            self.crowded(run);
+        }
         let size = match s.size {
             BIG => self.big_size(addr, true),
             n => u64::from(n),
@@ -250,16 +329,34 @@ impl LiveHeap {
         })
     }
 
+    /// A lookup went `probes` slots from home: crowding, which narrows the windows once it adds
+    /// up to the live blocks (see [`LiveHeap`]).
+    #[cold]
+    #[inline(never)]
+    fn crowded(&mut self, probes: usize) {
+        self.far += probes;
+        if self.far > self.len + 4 * FAR && self.window != Window::NARROW {
+            self.window = Window::NARROW;
+            self.relayout(self.slots.len());
+        }
+    }
+
     /// Doubles the table (it is as full as it may be).
     #[cold]
     #[inline(never)]
     fn grow(&mut self) {
+        self.relayout(self.slots.len() * 2);
+    }
+
+    /// Moves every block into a new table of `n` slots, laid out with the current windows.
+    fn relayout(&mut self, n: usize) {
         let old = std::mem::take(&mut self.slots);
-        let fresh = LiveHeap::with_slots(old.len() * 2);
+        let fresh = LiveHeap::with_slots(n);
         self.slots = fresh.slots;
         self.mask = fresh.mask;
         self.shift = fresh.shift;
         self.limit = fresh.limit;
+        self.far = 0;
         for s in old.into_iter().filter(|s| s.addr != 0) {
             let mut i = self.home(s.addr);
             while self.slots[i].addr != 0 {
@@ -312,11 +409,11 @@ impl LiveHeap {
     }
 }
 
-/// [`LiveHeap::home`] of a table with this `shift` and `mask`.
+/// [`LiveHeap::home`] of a table with this `shift`, `mask` and `window`.
 #[inline(always)]
-fn home_of(addr: u64, shift: u32, mask: usize) -> usize {
-    let window = (addr >> 8).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift;
-    (window as usize).wrapping_add((addr >> 4) as usize & 15) & mask
+fn home_of(addr: u64, shift: u32, mask: usize, window: Window) -> usize {
+    let place = (addr >> window.bits).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift;
+    (place as usize).wrapping_add((addr >> 4) as usize & window.within) & mask
 }
 
 /// Asks the CPU to bring `slot`'s cache line in, without waiting for it: a hint, which changes no
@@ -710,6 +807,50 @@ mod tests {
         assert_eq!(m.get(3_000_000_000), Some(&10));
         assert_eq!(m.get(20_000), None);
         assert_eq!(m.iter().count(), 10_002);
+    }
+
+    /// An allocator that packs 16-byte blocks fills every slot of its pages' windows, and wide
+    /// windows that overlap then make runs of hundreds of slots: the table notices and narrows
+    /// its windows, and stays a map throughout. Blocks a glibc heap's distance apart do not.
+    #[test]
+    fn dense_pages_narrow_the_windows() {
+        let mut h = LiveHeap::default();
+        let mut model: std::collections::HashMap<u64, Block> = Default::default();
+        // Pages 64 MiB apart (where thread arenas start), each packed with 16-byte blocks.
+        let addrs = (0..64u64).flat_map(|page| {
+            (0..256u64).map(move |k| 0x7f00_0000_0000 + (page << 26) + ((page % 7) << 12) + k * 16)
+        });
+        for (n, addr) in addrs.enumerate() {
+            let block = Block {
+                size: n as u64,
+                stack: 1,
+            };
+            assert_eq!(h.insert(addr, block), model.insert(addr, block));
+            // Free every third block, and take it again.
+            if n % 3 == 0 {
+                assert_eq!(h.remove(addr), model.remove(&addr));
+                assert_eq!(h.insert(addr, block), model.insert(addr, block));
+            }
+        }
+        let some: Vec<u64> = model.keys().take(5000).copied().collect();
+        for addr in some {
+            assert_eq!(h.remove(addr), model.remove(&addr));
+        }
+        assert_eq!(h.window, Window::NARROW);
+        assert_eq!(h.len(), model.len() as u64);
+        for (&addr, &block) in &model {
+            assert_eq!(h.get(addr), Some(block));
+        }
+
+        let mut h = LiveHeap::default();
+        for k in 0..100_000u64 {
+            let addr = 0x5555_0000_0000 + k * 48;
+            h.insert(addr, Block { size: 40, stack: 2 });
+            if k % 2 == 1 {
+                h.remove(addr - 48);
+            }
+        }
+        assert_eq!(h.window, Window::WIDE);
     }
 
     #[test]
