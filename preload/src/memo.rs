@@ -71,6 +71,14 @@ enum Exact {
     No,
 }
 
+/// A capture left in the scratch: its innermost frame, its number of frames and its hash.
+#[derive(Clone, Copy, Debug)]
+struct Unstored {
+    key: (u64, u64),
+    len: usize,
+    hash: u64,
+}
+
 /// A thread's recent stacks.
 pub struct Frames {
     /// Frames of every entry: entry `e` owns `[e * cap, e * cap + cap)`, outermost first.
@@ -116,6 +124,9 @@ pub struct Frames {
     walks: u32,
     walked: usize,
     kept: usize,
+    /// The last capture, when it was left in the scratch instead of stored (see [`Frames::store`]):
+    /// the `current` entry then still holds the capture before, under its own key.
+    unstored: Option<Unstored>,
     /// Captures answered by a whole stored stack (for tests).
     #[cfg(test)]
     pub whole_reuses: u64,
@@ -154,6 +165,7 @@ impl Frames {
             walks: 0,
             walked: 0,
             kept: 0,
+            unstored: None,
             #[cfg(test)]
             whole_reuses: 0,
         }
@@ -168,7 +180,10 @@ impl Frames {
     }
 
     /// The last captured stack, outermost first.
-    pub fn outermost_first(&self) -> &[u64] {
+    pub fn outermost_first(&mut self) -> &[u64] {
+        if let Some(u) = self.unstored.take() {
+            self.store_now(u.key, 0, u.len);
+        }
         self.entry(self.current).0
     }
 
@@ -199,6 +214,9 @@ impl Frames {
 
     /// The hash of the last captured stack; never 0.
     pub fn hash(&self) -> u64 {
+        if let Some(u) = &self.unstored {
+            return u.hash;
+        }
         match self.lens[self.current] {
             0 => 1,
             n => finish_hash(self.hashes[self.current * self.cap + n - 1], n),
@@ -211,6 +229,7 @@ impl Frames {
         self.keys.fill((0, 0));
         self.exact.fill(Exact::Unchecked);
         self.current = 0;
+        self.unstored = None;
     }
 
     #[inline(always)]
@@ -401,7 +420,34 @@ impl Frames {
     /// Stores a walked stack: the current entry's outermost `keep` frames, then the first `inner`
     /// frames of the scratch (innermost first), as many as fit; the result, whose innermost frame
     /// is `key`, becomes the current entry, in place of the least recently used one of its set.
+    ///
+    /// Unless the next capture neither looks stacks up nor searches the current entry for shared
+    /// frames (both turned off for a while, as on stacks that hardly ever recur): then a stack
+    /// that kept nothing of the entry is only hashed, and left in the scratch. It is stored
+    /// when its frames are asked for ([`Frames::outermost_first`], for a stack new to the thread),
+    /// else the next capture's walk overwrites it. Storing every frame with its slot and hash
+    /// costs about as much as unwinding it.
+    #[inline(always)]
     pub fn store(&mut self, key: (u64, u64), keep: usize, inner: usize) {
+        if keep == 0 && self.bypass > 0 && self.no_splice > 0 {
+            let h = self.scratch[..inner]
+                .iter()
+                .rev()
+                .fold(0, |h, &(ret, _)| hash_step(h, ret));
+            let hash = if inner == 0 { 1 } else { finish_hash(h, inner) };
+            self.unstored = Some(Unstored {
+                key,
+                len: inner,
+                hash,
+            });
+            return;
+        }
+        self.unstored = None;
+        self.store_now(key, keep, inner);
+    }
+
+    /// [`Frames::store`] into an entry.
+    fn store_now(&mut self, key: (u64, u64), keep: usize, inner: usize) {
         let cap = self.cap;
         let (current, len) = (self.current, self.lens[self.current]);
         if keep + inner == len && self.keys[current] == key && inner == 1 {
@@ -554,6 +600,46 @@ mod tests {
             f.walked(10, 10);
         }
         assert!(f.splicing());
+    }
+
+    /// With the lookups and the search for shared frames both off, a capture is only hashed:
+    /// its hash and its frames are the ones a store gives, and the entries keep what they held.
+    #[test]
+    fn a_capture_nothing_will_look_up_is_stored_only_when_asked_for() {
+        let mut f = Frames::new(8);
+        walked(&mut f, &[(30, 3), (20, 2), (10, 1)]);
+        f.store((30, 3), 0, 3);
+        let first = f.current;
+        (f.bypass, f.no_splice) = (2, 2);
+        walked(&mut f, &[(50, 5), (40, 4), (10, 1)]);
+        f.store((50, 5), 0, 3);
+        assert!(f.unstored.is_some());
+        assert_eq!(f.hash(), hash_frames(&[10, 40, 50]));
+        assert_eq!(
+            f.entry(first).0,
+            &[10, 20, 30],
+            "the entries are as they were"
+        );
+        assert_eq!(f.keys[first], (30, 3));
+        assert_eq!(f.outermost_first(), &[10, 40, 50]);
+        assert!(f.unstored.is_none());
+        assert_eq!(f.hash(), hash_frames(&[10, 40, 50]));
+        assert_eq!(f.keys[f.current], (50, 5));
+        // Left unstored, then replaced by the next capture's frames; an empty one hashes as none.
+        walked(&mut f, &[(60, 6), (10, 1)]);
+        f.store((60, 6), 0, 2);
+        walked(&mut f, &[(70, 7)]);
+        f.store((70, 7), 0, 1);
+        assert_eq!(f.hash(), hash_frames(&[70]));
+        f.store((0, 0), 0, 0);
+        assert_eq!(f.hash(), hash_frames(&[]));
+        // The next capture will search the entry: stored at once.
+        f.no_splice = 0;
+        walked(&mut f, &[(80, 8), (10, 1)]);
+        f.store((80, 8), 0, 2);
+        assert!(f.unstored.is_none());
+        assert_eq!(f.entry(f.current).0, &[10, 80]);
+        assert_eq!(f.hash(), hash_frames(&[10, 80]));
     }
 
     #[test]
