@@ -25,7 +25,9 @@
 //! fixed order), its checks at every frame cost more than they save, mostly in mispredicted
 //! branches, and the walks go without it for a while. A thread whose lookups
 //! hardly ever find anything (stacks that recur less often than the entries can hold) stops
-//! looking for a while and rewrites its current entry in place, as the single memo did.
+//! looking for a while and rewrites its current entry in place, as the single memo did; and if
+//! its walks go without the search too, a walk is only hashed, its frames left in the scratch
+//! until a stack new to the thread asks for them.
 //!
 //! Every stack is stored outermost first, with the slot each return address was read from and the
 //! hash of the stack up to and including it, so the outer part two stacks share keeps its hashes.
