@@ -530,10 +530,16 @@ fn slot_key(slot: u64) -> usize {
     (slot >> 3) as usize & (BY_SLOT - 1)
 }
 
-/// One step of the running stack hash.
+/// One step of the running stack hash: the hash so far, rotated, plus the frame multiplied by an
+/// odd constant. The multiplication spreads the low bits in which nearby return addresses differ
+/// over the word, and is off the chain from one frame to the next, which costs a rotation and an
+/// addition (about 2 cycles, where a multiplication in the chain costs 5): a stack of 25 frames
+/// is hashed in about 50 cycles. Each step is a bijection of the hash so far, so stacks that
+/// differ in one frame never collide; [`finish_hash`] mixes the result.
 #[inline]
 pub fn hash_step(h: u64, ret: u64) -> u64 {
-    (h.rotate_left(5) ^ ret).wrapping_mul(0x517c_c1b7_2722_0a95)
+    h.rotate_left(5)
+        .wrapping_add(ret.wrapping_mul(0x517c_c1b7_2722_0a95))
 }
 
 #[inline]
