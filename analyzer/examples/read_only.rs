@@ -31,7 +31,11 @@ fn main() {
 struct Count(usize, usize);
 
 impl memtrace_format::RecordSink for Count {
-    fn events(&mut self, events: &[memtrace_format::HeapEvent]) {
+    fn events(
+        &mut self,
+        events: &[memtrace_format::HeapEvent],
+        _ahead: &[memtrace_format::HeapEvent],
+    ) {
         std::hint::black_box(events);
         self.0 += events.len();
     }

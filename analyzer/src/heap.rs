@@ -100,6 +100,17 @@ impl Window {
     };
 }
 
+/// Where the lookups of a [`LiveHeap`] start, as of when it was taken ([`LiveHeap::homes`]): plain
+/// values, which a loop that prefetches while it changes the heap keeps in registers. Once the table
+/// is laid out again they are stale, and a prefetch with them loads the wrong slot: a wasted hint,
+/// never a wrong result.
+#[derive(Clone, Copy)]
+pub struct Homes {
+    shift: u32,
+    mask: usize,
+    window: Window,
+}
+
 /// Probes this far from home (or further) count as crowding.
 const FAR: usize = 16;
 
@@ -214,12 +225,27 @@ impl LiveHeap {
         self.slots.len() >= SMALL_SLOTS
     }
 
-    /// Starts loading the slot where a lookup of `addr` starts, without waiting for it: for a
-    /// caller that is about to look up many addresses and wants their cache misses to overlap, with
-    /// each other and with its other work.
+    /// Where the table's lookups start, for [`LiveHeap::prefetch`].
     #[inline(always)]
-    pub fn prefetch(&self, addr: u64) {
-        prefetch(&self.slots[self.home(addr)]);
+    pub fn homes(&self) -> Homes {
+        Homes {
+            shift: self.shift,
+            mask: self.mask,
+            window: self.window,
+        }
+    }
+
+    /// Starts loading the slot where a lookup of `addr` starts (as of `homes`), without waiting
+    /// for it: for a caller that is about to look up many addresses and wants their cache misses
+    /// to overlap, with each other and with its other work.
+    #[inline(always)]
+    pub fn prefetch(&self, homes: Homes, addr: u64) {
+        if let Some(slot) = self
+            .slots
+            .get(home_of(addr, homes.shift, homes.mask, homes.window))
+        {
+            prefetch(slot);
+        }
     }
 
     /// Makes `addr` live. If it already was (a free the trace missed), the old block is replaced and

@@ -9,7 +9,7 @@
 //! Replay never resolves stacks: a stack or module record may come after the records that use its id
 //! (another thread interned it a moment earlier), so stacks are resolved at report time only.
 
-use crate::heap::{Block, LiveHeap, StackTable};
+use crate::heap::{Block, Homes, LiveHeap, StackTable};
 use crate::sampling::{Amount, Weights};
 use memtrace_format::{
     EventKind, Frame, HeapEvent, ModuleInfo, PyCodeInfo, Record, RecordSink, Records, ThreadRecord,
@@ -352,10 +352,12 @@ impl Replayer {
     ///
     /// Once the live heap has outgrown the caches ([`LiveHeap::is_large`]), the home slots of a
     /// run's lookups start loading ([`LiveHeap::prefetch`]) when the reader shows the run ahead
-    /// ([`RecordSink::ahead`]), while the run before it is applied and before the next is decoded.
-    /// Each lookup would otherwise miss alone, the whole replay waiting behind it; started a run
-    /// ahead, the misses overlap with each other and with the work. Observers see the exact order
-    /// of the trace: the reader hands over runs, and any other record, in order.
+    /// (the `ahead` of [`RecordSink::events`]): one with each event of the run before as it is
+    /// applied, so the loads are spread over that work rather than issued in a burst (a burst of
+    /// misses fills the core's miss buffers, and the prefetches then wait for each other). Each
+    /// lookup would otherwise miss alone, the whole replay waiting behind it; started a run ahead,
+    /// the misses overlap with each other and with the work. Observers see the exact order of the
+    /// trace: the reader hands over runs, and any other record, in order.
     pub fn run_records<O: Observer>(&mut self, records: &mut Records<'_>, obs: &mut O) {
         struct Sink<'a, O> {
             replayer: &'a mut Replayer,
@@ -363,20 +365,24 @@ impl Replayer {
         }
         impl<O: Observer> RecordSink for Sink<'_, O> {
             #[inline]
-            fn ahead(&mut self, events: &[HeapEvent]) {
-                if self.replayer.heap.is_large() {
+            fn events(&mut self, events: &[HeapEvent], ahead: &[HeapEvent]) {
+                let r = &mut *self.replayer;
+                if !r.heap.is_large() {
                     for e in events {
-                        self.replayer.heap.prefetch(e.addr);
-                        if e.kind == EventKind::Realloc {
-                            self.replayer.heap.prefetch(e.old);
-                        }
+                        r.apply_event(e, self.obs);
                     }
+                    return;
                 }
-            }
-            #[inline]
-            fn events(&mut self, events: &[HeapEvent]) {
+                let homes = r.heap.homes();
+                let mut ahead = ahead.iter();
                 for e in events {
-                    self.replayer.apply_event(e, self.obs);
+                    if let Some(next) = ahead.next() {
+                        r.prefetch_event(homes, next);
+                    }
+                    r.apply_event(e, self.obs);
+                }
+                for next in ahead {
+                    r.prefetch_event(homes, next);
                 }
             }
             fn other(&mut self, thread: u32, record: &Record) {
@@ -387,6 +393,15 @@ impl Replayer {
             replayer: self,
             obs,
         });
+    }
+
+    /// Starts loading the slots that applying `e` looks up (see [`Replayer::run_records`]).
+    #[inline(always)]
+    fn prefetch_event(&self, homes: Homes, e: &HeapEvent) {
+        self.heap.prefetch(homes, e.addr);
+        if e.kind == EventKind::Realloc {
+            self.heap.prefetch(homes, e.old);
+        }
     }
 
     /// Makes `block` live at `addr`; returns what it amounts to.

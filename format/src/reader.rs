@@ -637,7 +637,8 @@ struct EventBatch {
 }
 
 /// The run being decoded and the run decoded before it, which waits for it: a run's events are
-/// shown to a sink ([`RecordSink::ahead`]) one run before they are handed over, without a copy.
+/// shown to a sink (the `ahead` of [`RecordSink::events`]) one run before they are handed over,
+/// without a copy.
 struct Runs {
     batches: [EventBatch; 2],
     /// The batch being filled; the other holds the run that waits, if any.
@@ -662,8 +663,8 @@ impl Runs {
         &mut self.batches[self.filling & 1]
     }
 
-    /// Shows the batch being filled to `sink`, hands it the run that waited, and makes the
-    /// filled batch the one that waits.
+    /// Hands `sink` the run that waited (if any) with the batch being filled shown ahead, and
+    /// makes the filled batch the one that waits.
     #[inline]
     fn hand(&mut self, sink: &mut impl RecordSink) {
         let [a, b] = &mut self.batches;
@@ -675,11 +676,8 @@ impl Runs {
         if filled.len == 0 {
             return;
         }
-        sink.ahead(&filled.events[..filled.len]);
-        if waiting.len > 0 {
-            sink.events(&waiting.events[..waiting.len]);
-            waiting.len = 0;
-        }
+        sink.events(&waiting.events[..waiting.len], &filled.events[..filled.len]);
+        waiting.len = 0;
         self.filling ^= 1;
     }
 
@@ -690,7 +688,7 @@ impl Runs {
         self.hand(sink);
         let waiting = &mut self.batches[(self.filling ^ 1) & 1];
         if waiting.len > 0 {
-            sink.events(&waiting.events[..waiting.len]);
+            sink.events(&waiting.events[..waiting.len], &[]);
             waiting.len = 0;
         }
     }
@@ -699,14 +697,13 @@ impl Runs {
 /// What [`Records::for_each_batch`] feeds: runs of heap events, and every other record, in the
 /// stream's order.
 pub trait RecordSink {
-    /// The next heap events, in order (1 to [`BATCH`] of them).
-    fn events(&mut self, events: &[HeapEvent]);
-    /// The heap events that [`RecordSink::events`] gets next, shown ahead of time: the events
-    /// before them are handed over after this call, and the next run is decoded meanwhile, so a
-    /// sink can start slow work on them early (a hint: bring the memory they will touch into the
-    /// caches). By default nothing.
-    #[inline(always)]
-    fn ahead(&mut self, _events: &[HeapEvent]) {}
+    /// The next heap events, in order (up to [`BATCH`] of them; none when only `ahead` is new),
+    /// and `ahead`: the heap events that the next call gets, shown ahead of time (empty when the
+    /// stream goes on with another record, or ends). Every run of events is shown as `ahead` once,
+    /// then handed over as `events` by the next call, and the run after it is decoded in between,
+    /// so a sink can start slow work on a run early (a hint: bring the memory it will touch into
+    /// the caches), spread over its work on the run before.
+    fn events(&mut self, events: &[HeapEvent], ahead: &[HeapEvent]);
     /// The next record, which is not a heap event, and its thread.
     fn other(&mut self, thread: u32, record: &Record);
 }
@@ -798,7 +795,7 @@ impl Records<'_> {
     pub fn for_each_ref(&mut self, f: impl FnMut(u32, &Record)) {
         struct Each<F>(F);
         impl<F: FnMut(u32, &Record)> RecordSink for Each<F> {
-            fn events(&mut self, events: &[HeapEvent]) {
+            fn events(&mut self, events: &[HeapEvent], _ahead: &[HeapEvent]) {
                 for e in events {
                     (self.0)(e.thread, &e.record());
                 }
@@ -814,8 +811,8 @@ impl Records<'_> {
     /// iterator's end does. It is iteration without a [`Record`] per heap event: the thread that is
     /// next runs in a tight loop, its heap events decoded into an array that `sink` gets whole,
     /// for as long as they come before every other thread's next record. Each run is shown to
-    /// [`RecordSink::ahead`] one run before [`RecordSink::events`] gets it (two arrays take turns),
-    /// and any other record first hands over every event before it.
+    /// [`RecordSink::events`] (as `ahead`) one call before it is handed over (two arrays take
+    /// turns), and any other record first hands over every event before it.
     pub fn for_each_batch(&mut self, sink: &mut impl RecordSink) {
         let Records {
             bytes,
