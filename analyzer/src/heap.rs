@@ -81,10 +81,18 @@ struct Slot {
 /// the 16-byte steps within it (`(addr >> 4) & within`) consecutive slots. The table's hot paths
 /// are compiled once for each of the two (see [`LiveHeap::with_window`]), so that these are
 /// constants there.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Eq)]
 struct Window {
     bits: u32,
     within: usize,
+}
+
+/// The windows differ in `bits` (`within` follows from it): one comparison on the hot paths.
+impl PartialEq for Window {
+    #[inline(always)]
+    fn eq(&self, other: &Window) -> bool {
+        self.bits == other.bits
+    }
 }
 
 impl Window {

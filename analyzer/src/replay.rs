@@ -366,10 +366,22 @@ impl Replayer {
         impl<O: Observer> RecordSink for Sink<'_, O> {
             #[inline]
             fn events(&mut self, events: &[HeapEvent], ahead: &[HeapEvent]) {
+                match self.replayer.weights.sample_bytes() {
+                    None => self.run::<false>(events, ahead),
+                    Some(_) => self.run::<true>(events, ahead),
+                }
+            }
+            fn other(&mut self, thread: u32, record: &Record) {
+                self.replayer.apply_other(thread, record, self.obs);
+            }
+        }
+        impl<O: Observer> Sink<'_, O> {
+            #[inline(always)]
+            fn run<const SAMPLED: bool>(&mut self, events: &[HeapEvent], ahead: &[HeapEvent]) {
                 let r = &mut *self.replayer;
                 if !r.heap.is_large() {
                     for e in events {
-                        r.apply_event(e, self.obs);
+                        r.apply_event::<O, SAMPLED>(e, self.obs);
                     }
                     return;
                 }
@@ -379,14 +391,11 @@ impl Replayer {
                     if let Some(next) = ahead.next() {
                         r.prefetch_event(homes, next);
                     }
-                    r.apply_event(e, self.obs);
+                    r.apply_event::<O, SAMPLED>(e, self.obs);
                 }
                 for next in ahead {
                     r.prefetch_event(homes, next);
                 }
-            }
-            fn other(&mut self, thread: u32, record: &Record) {
-                self.replayer.apply_other(thread, record, self.obs);
             }
         }
         records.for_each_batch(&mut Sink {
@@ -404,9 +413,15 @@ impl Replayer {
         }
     }
 
-    /// Makes `block` live at `addr`; returns what it amounts to.
+    /// Makes `block` live at `addr`; returns what it amounts to. `SAMPLED`: whether the trace is
+    /// (see [`Replayer::apply_event`]).
     #[inline(always)]
-    fn new_block(&mut self, addr: u64, block: Block, obs: &mut impl Observer) -> Amount {
+    fn new_block<const SAMPLED: bool>(
+        &mut self,
+        addr: u64,
+        block: Block,
+        obs: &mut impl Observer,
+    ) -> Amount {
         if !self.inherited.is_empty() {
             // An inherited block here was freed unseen (a parent's event after the fork time).
             self.inherited.remove(&addr);
@@ -414,12 +429,12 @@ impl Replayer {
         if let Some(old) = self.heap.insert(addr, block) {
             self.displaced_block(addr, old, obs);
         }
-        let amount = self.weights.of(block.size);
+        let amount = self.weights.of_known::<SAMPLED>(block.size);
         obs.on_alloc(&self.ctx, block.stack, amount);
         self.sums.alloc_calls += amount.count;
         self.sums.allocated_bytes = self.sums.allocated_bytes.wrapping_add(amount.bytes);
         self.sums.live = self.sums.live.plus(amount);
-        if self.weights.sample_bytes().is_some() {
+        if SAMPLED {
             // Unsampled, the sums are these very counts (`finish`).
             self.totals.recorded_alloc_calls += 1;
             self.totals.recorded_allocated_bytes = self
@@ -490,12 +505,12 @@ impl Replayer {
         self.ctx.thread = thread;
     }
 
-    /// Releases `addr` if it is live; returns whether it was.
+    /// Releases `addr` if it is live; returns whether it was. `SAMPLED`: whether the trace is.
     #[inline(always)]
-    fn release(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
+    fn release<const SAMPLED: bool>(&mut self, addr: u64, obs: &mut impl Observer) -> bool {
         match self.heap.remove(addr) {
             Some(block) => {
-                let amount = self.weights.of(block.size);
+                let amount = self.weights.of_known::<SAMPLED>(block.size);
                 self.sums.live = self.sums.live.minus(amount);
                 let window = core::mem::take(&mut self.window);
                 let temporary =
@@ -519,14 +534,18 @@ impl Replayer {
     #[inline(always)]
     pub fn apply<O: Observer>(&mut self, thread: u32, record: &Record, obs: &mut O) {
         match HeapEvent::of(thread, record) {
-            Some(event) => self.apply_event(&event, obs),
+            Some(event) => match self.weights.sample_bytes() {
+                None => self.apply_event::<O, false>(&event, obs),
+                Some(_) => self.apply_event::<O, true>(&event, obs),
+            },
             None => self.apply_other(thread, record, obs),
         }
     }
 
-    /// Applies one heap event.
+    /// Applies one heap event. `SAMPLED` is whether the trace is sampled: a constant in the replay's
+    /// loops, so that an unsampled trace's events are applied without a branch on it.
     #[inline(always)]
-    fn apply_event<O: Observer>(&mut self, e: &HeapEvent, obs: &mut O) {
+    fn apply_event<O: Observer, const SAMPLED: bool>(&mut self, e: &HeapEvent, obs: &mut O) {
         // Counted in `records` by `finish`: heap events are `ctx.seq`.
         if e.thread != self.ctx.thread {
             self.switch_thread(e.thread);
@@ -536,7 +555,7 @@ impl Replayer {
             EventKind::Alloc(kind) => {
                 let addr = e.addr;
                 self.begin_event(time);
-                let amount = self.new_block(addr, Block { size, stack }, obs);
+                let amount = self.new_block::<SAMPLED>(addr, Block { size, stack }, obs);
                 self.sums.calls_by_kind[kind as usize] += amount.count;
             }
             EventKind::Realloc => {
@@ -547,32 +566,34 @@ impl Replayer {
                 self.begin_event(time);
                 if old != 0
                     && !self.is_late_realloc(old)
-                    && !self.release(old, obs)
+                    && !self.release::<SAMPLED>(old, obs)
                     && (self.inherited.is_empty() || !self.release_inherited(old))
                 {
                     // In a sampled trace, the old block's own allocation was most likely not
                     // recorded: nothing is amiss.
-                    match self.weights.sample_bytes() {
-                        None => self.totals.unmatched_reallocs += 1,
-                        Some(_) => self.totals.unsampled_reallocs += 1,
+                    if SAMPLED {
+                        self.totals.unsampled_reallocs += 1;
+                    } else {
+                        self.totals.unmatched_reallocs += 1;
                     }
                 }
-                let amount = self.new_block(new, Block { size, stack }, obs);
+                let amount = self.new_block::<SAMPLED>(new, Block { size, stack }, obs);
                 self.sums.realloc_calls += amount.count;
             }
             EventKind::Free => {
                 let addr = e.addr;
                 self.begin_event(time);
                 self.totals.free_calls += 1;
-                if !self.release(addr, obs)
+                if !self.release::<SAMPLED>(addr, obs)
                     && (self.inherited.is_empty() || !self.release_inherited(addr))
                 {
                     // heaptrack's interpreter drops frees of unknown pointers, so they neither count
                     // as temporary nor end the temporary window. In a sampled trace they are the
                     // frees of the blocks whose allocations were not recorded.
-                    match self.weights.sample_bytes() {
-                        None => self.totals.unmatched_frees += 1,
-                        Some(_) => self.totals.unsampled_frees += 1,
+                    if SAMPLED {
+                        self.totals.unsampled_frees += 1;
+                    } else {
+                        self.totals.unmatched_frees += 1;
                     }
                 }
             }

@@ -75,12 +75,26 @@ impl Weights {
     #[inline]
     pub fn of(&self, size: u64) -> Amount {
         if self.mean == 0 {
-            return Amount {
+            self.of_known::<false>(size)
+        } else {
+            self.of_known::<true>(size)
+        }
+    }
+
+    /// [`Weights::of`] for a caller that knows whether the trace is sampled (`SAMPLED` is
+    /// `self.sample_bytes().is_some()`): a constant there, so an unsampled replay's hot loop has no
+    /// branch on it.
+    #[inline(always)]
+    pub fn of_known<const SAMPLED: bool>(&self, size: u64) -> Amount {
+        debug_assert_eq!(SAMPLED, self.mean != 0);
+        if SAMPLED {
+            self.sampled(size)
+        } else {
+            Amount {
                 bytes: size,
                 count: 1,
-            };
+            }
         }
-        self.sampled(size)
     }
 
     #[inline(never)]
