@@ -450,18 +450,19 @@ impl Cursor<'_> {
             // The hot loop: heap events one after another, the cursor's state in locals, each
             // read from a whole window of the chunk (all but the last few records of a chunk).
             if let (true, Some(limit)) = (self.loaded, time_limit(bound, self.thread)) {
-                let run = decode_run(
-                    &self.data,
-                    Run {
-                        pos: self.pos,
-                        time: self.st.time,
-                        addr: self.st.addr,
-                        n: batch.len,
-                    },
-                    limit,
-                    self.thread,
-                    &mut batch.events,
-                );
+                let start = Run {
+                    pos: self.pos,
+                    time: self.st.time,
+                    addr: self.st.addr,
+                    n: batch.len,
+                };
+                let run = if limit == u64::MAX {
+                    // No time to stop at: no other thread has a record left (a trace of one
+                    // thread, or the last thread left in a trace).
+                    decode_run::<false>(&self.data, start, limit, self.thread, &mut batch.events)
+                } else {
+                    decode_run::<true>(&self.data, start, limit, self.thread, &mut batch.events)
+                };
                 let Run { pos, time, addr, n } = run.0;
                 batch.len = n;
                 self.pos = pos;
@@ -579,9 +580,10 @@ enum RunEnd {
 /// The reader's hot loop: decodes heap events from `data` at `run.pos` into `events[run.n..]`
 /// for as long as the fast path reads them, the batch has room and their times are at most
 /// `limit`. A function of its own, with the loop's state in a few locals, so that they stay in
-/// registers.
+/// registers; compiled without the test of `limit` for a caller that has none (`BOUNDED` false,
+/// `limit` then `u64::MAX`, which no time exceeds).
 #[inline(never)]
-fn decode_run(
+fn decode_run<const BOUNDED: bool>(
     data: &[u8],
     run: Run,
     limit: u64,
@@ -607,7 +609,7 @@ fn decode_run(
         pos += len;
         time = e.time;
         addr = e.addr;
-        if time > limit {
+        if BOUNDED && time > limit {
             break RunEnd::After(e);
         }
         events[n] = e;
