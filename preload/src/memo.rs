@@ -181,6 +181,11 @@ impl Frames {
         (&self.rets[start..end], &self.slots[start..end])
     }
 
+    /// The most frames a stack keeps: a stack this long was cut at the depth limit.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
     /// The last captured stack, outermost first.
     pub fn outermost_first(&mut self) -> &[u64] {
         if let Some(u) = self.unstored.take() {

@@ -60,9 +60,25 @@ impl ModuleMap {
     }
 
     /// The module id and offset from its bias for `addr`; `None` if no known module holds it.
+    #[cfg(test)]
     pub fn resolve(&self, addr: u64) -> Option<(u32, u64)> {
-        let i = self.ranges.partition_point(|r| r.start <= addr);
-        let r = self.ranges.get(i.checked_sub(1)?)?;
+        let mut near = usize::MAX;
+        self.resolve_near(addr, &mut near)
+    }
+
+    /// The module id and offset from its bias for `addr`, one of a run of addresses that mostly
+    /// fall in the module of the one before (the frames of a stack); `None` if no known module
+    /// holds it. `near` is the index of the range the one before fell in, tried before a search;
+    /// it is set to the range found (`usize::MAX` to start).
+    pub fn resolve_near(&self, addr: u64, near: &mut usize) -> Option<(u32, u64)> {
+        let r = match self.ranges.get(*near) {
+            Some(r) if r.start <= addr && addr < r.end => r,
+            _ => {
+                let i = self.ranges.partition_point(|r| r.start <= addr);
+                *near = i.checked_sub(1)?;
+                &self.ranges[*near]
+            }
+        };
         (addr < r.end).then(|| (r.id, addr.wrapping_sub(r.bias)))
     }
 }
@@ -467,5 +483,32 @@ mod tests {
         let here = this_process_scans as *const () as u64;
         assert!(map.resolve(here).is_some());
         assert!(!changed_since_scan());
+    }
+
+    #[test]
+    fn resolving_near_the_last_range_agrees_with_a_search() {
+        rescan(true).expect("a waiting scan always runs");
+        let map = current().unwrap();
+        let here = resolving_near_the_last_range_agrees_with_a_search as *const () as u64;
+        let libc = libc::malloc as *const () as u64;
+        // Runs within one module, jumps between modules, and addresses no module holds.
+        let addrs = [
+            here,
+            here + 16,
+            libc,
+            libc + 8,
+            here,
+            0,
+            here,
+            u64::MAX,
+            u64::MAX - 1,
+            libc,
+        ];
+        let mut near = usize::MAX;
+        for a in addrs {
+            let found = map.resolve_near(a, &mut near);
+            assert_eq!(found, map.resolve(a), "{a:#x}");
+            assert_eq!(found.is_some(), a != 0 && a < u64::MAX - 1, "{a:#x}");
+        }
     }
 }

@@ -156,7 +156,11 @@ fn with_python_frames(ts: &mut ThreadState) -> u64 {
         },
         None => {
             if python::check_pending() {
-                self_check(ts);
+                let cap = ts.frames.cap();
+                let stack = ts.frames.outermost_first();
+                if python::may_run_python(stack, stack.len() >= cap) {
+                    self_check(ts);
+                }
             }
             native
         }
@@ -219,12 +223,13 @@ fn new_stack(
 
 /// The ids of the code objects of the thread's Python frames, writing a PyCode record for each one
 /// new to the trace.
-fn code_ids(interp: &python::Interp, ts: &ThreadState, w: &mut ChunkWriter) -> Vec<u32> {
-    ts.python
+fn code_ids(interp: &python::Interp, ts: &mut ThreadState, w: &mut ChunkWriter) -> Vec<u32> {
+    let ThreadState { python, codes, .. } = ts;
+    python
         .frames()
         .iter()
         .map(|f| {
-            let (id, new) = python::code::id(f.code, f.table);
+            let (id, new) = codes.id(f.code, f.table);
             if new {
                 let payload = py_code_payload(&python::code::read(interp, f.code, id));
                 check(w.write(w.last_time, |buf, _| encode_py_code(buf, &payload)));
@@ -240,10 +245,11 @@ const UNKNOWN_MODULE: u32 = 0;
 /// The native frames of a stack given outermost first, innermost first, each with its return
 /// address: resolved once, both to find frames of unknown modules and to write the stack.
 fn resolve_native(map: &ModuleMap, outermost_first: &[u64]) -> Vec<(u64, Frame)> {
+    let mut near = usize::MAX;
     outermost_first
         .iter()
         .rev()
-        .map(|&a| match map.resolve(a) {
+        .map(|&a| match map.resolve_near(a, &mut near) {
             Some((module, offset)) => (a, Frame { module, offset }),
             None => (
                 a,

@@ -7,6 +7,7 @@
 //!   (glibc runs those without allocating).
 
 use crate::memo::Frames;
+use crate::python::code::RecentCodes;
 use crate::python::frames::PyFrames;
 use crate::stacks::StackCache;
 use crate::unwind::UnwindCaches;
@@ -24,6 +25,8 @@ pub struct ThreadState {
     pub frames: Frames,
     /// The Python frames of the last capture (none outside CPython).
     pub python: PyFrames,
+    /// The code ids of the Python frames this thread looked up last.
+    pub codes: RecentCodes,
     /// The frames of the last stack this thread defined: the base of its next one (FORMAT.md §4.12).
     pub last_stack: Vec<memtrace_format::Frame>,
     /// The thread's stack, `[lo, hi)`: the unwinder reads nothing outside it.
@@ -129,6 +132,7 @@ fn create(max_frames: usize) -> *mut ThreadState {
         stacks: StackCache::new(),
         frames: Frames::new(max_frames),
         python: PyFrames::new(),
+        codes: RecentCodes::new(),
         last_stack: Vec::new(),
         stack_hi: stack_top(),
         epoch: crate::sink::SINK.epoch(),
@@ -157,6 +161,7 @@ pub fn reset_for_child() {
     if let Some(state) = unsafe { p.as_mut() } {
         state.stacks.clear();
         state.frames.clear();
+        state.codes.clear();
         state.stack_hi = stack_top();
         state.epoch = crate::sink::SINK.epoch();
     }

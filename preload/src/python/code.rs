@@ -64,6 +64,47 @@ pub fn id(code: u64, table: u64) -> (u32, bool) {
     (id, true)
 }
 
+/// Entries of a thread's [`RecentCodes`] (a power of two).
+const RECENT: usize = 256;
+
+/// The code ids one thread looked up last, in front of the registry. Each new stack looks up every
+/// one of its Python frames, mostly frames of the stacks before it, and the registry's lock and hash
+/// map cost several times a look at this small direct-mapped table. The registry never changes an
+/// id it gave, so an entry stays true until a fork child forgets every id: its forking thread then
+/// calls [`RecentCodes::clear`].
+pub struct RecentCodes {
+    /// `(code, table)` per entry; code objects are at 4096 or above, so `(0, 0)` is empty.
+    keys: [(u64, u64); RECENT],
+    ids: [u32; RECENT],
+}
+
+impl RecentCodes {
+    pub const fn new() -> RecentCodes {
+        RecentCodes {
+            keys: [(0, 0); RECENT],
+            ids: [0; RECENT],
+        }
+    }
+
+    /// [`id`], answered from this thread's recent look-ups where it can be.
+    pub fn id(&mut self, code: u64, table: u64) -> (u32, bool) {
+        // Code objects are 16-byte aligned and a few hundred bytes each.
+        let i = ((code >> 4) ^ (code >> 12)) as usize & (RECENT - 1);
+        if self.keys[i] == (code, table) {
+            return (self.ids[i], false);
+        }
+        let (id, new) = id(code, table);
+        self.keys[i] = (code, table);
+        self.ids[i] = id;
+        (id, new)
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.keys.fill((0, 0));
+    }
+}
+
 /// Reads the code object at `code` for its record.
 pub fn read(interp: &Interp, code: u64, id: u32) -> PyCodeInfo {
     let l = interp.layout;
@@ -157,5 +198,37 @@ pub fn after_fork(child: bool) {
         let mut r = REGISTRY.lock();
         r.ids.clear();
         r.next_id = 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_codes_give_the_registry_s_ids_and_report_each_code_new_once() {
+        let mut a = RecentCodes::new();
+        let mut b = RecentCodes::new();
+        // Addresses no other test uses; 0x...100 and 0x...1100 share an entry of the table.
+        let (x, y) = (0x7e57_0000_0100, 0x7e57_0000_1100);
+        let (id_x, new_x) = a.id(x, 8);
+        assert!(new_x);
+        assert_eq!(a.id(x, 8), (id_x, false));
+        // Another thread's table learns the same id from the registry, as not new.
+        assert_eq!(b.id(x, 8), (id_x, false));
+        // The same code address with another line table is another code object.
+        let (id_x2, new_x2) = a.id(x, 16);
+        assert!(new_x2);
+        assert_ne!(id_x2, id_x);
+        // A code object that takes over the entry, then the first one again: its old id.
+        let (id_y, new_y) = a.id(y, 8);
+        assert!(new_y);
+        assert_ne!(id_y, id_x);
+        assert_eq!(a.id(x, 8), (id_x, false));
+        assert_eq!(a.id(y, 8), (id_y, false));
+        // Cleared (a fork child), the entries are gone and the registry answers again.
+        a.clear();
+        assert_eq!(a.keys, [(0, 0); RECENT]);
+        assert_eq!(a.id(y, 8), (id_y, false));
     }
 }

@@ -149,6 +149,22 @@ pub fn check_pending() -> bool {
     STATUS.load(Ordering::Relaxed) == UNCHECKED
 }
 
+/// Whether a thread whose native stack is `outermost_first` may have Python frames to check: some
+/// return address is in the evaluation function (which runs every Python frame), or the stack was
+/// `cut` at the depth limit and may have lost it. Until the interpreter runs its first Python frame
+/// (tens of thousands of allocations while it starts), a check finds nothing, at the cost of two
+/// `process_vm_readv` calls per allocation; this scan of the native frames costs far less.
+#[cold]
+pub fn may_run_python(outermost_first: &[u64], cut: bool) -> bool {
+    let Some(interp) = INTERP.get() else {
+        return false;
+    };
+    let (start, end) = interp.eval;
+    cut || outermost_first
+        .iter()
+        .any(|&ret| (start..end).contains(&ret.wrapping_sub(1)))
+}
+
 /// Whether the process looks like CPython: its executable is named `python...` or it has loaded a
 /// `libpython...`. Only then is the interpreter looked up: a `dlsym` that fails leaves an error
 /// string allocated by glibc, which the program would later free without our having seen it.
