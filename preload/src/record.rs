@@ -187,6 +187,15 @@ fn new_stack(
     mut map: &'static ModuleMap,
     mut hash: u64,
 ) -> u32 {
+    // A stack the process has defined already: nothing to resolve or write. Unless modules were
+    // loaded since the last scan, it is the very stack the path below would intern; a deep stack
+    // that recurs after this thread's cache let it go (rounds of a recursive parser) would
+    // otherwise have all its frames resolved again, for nothing.
+    if !modules::changed_since_scan()
+        && let Some(id) = stacks::known(&mut ts.stacks, hash)
+    {
+        return id;
+    }
     let mut native = resolve_native(map, ts.frames.outermost_first());
     if native.iter().any(|&(_, f)| f.module == UNKNOWN_MODULE) && modules::changed_since_scan() {
         // A library loaded since the last scan: learn it, then unwind again with its tables.

@@ -91,6 +91,14 @@ static TABLE: SpinMutex<Table> = SpinMutex::new(Table {
     next_id: 1,
 });
 
+/// The id of the stack with hash `hash` if the process has one, remembered in `cache`: a stack
+/// another thread defined, or one this thread's cache let go of.
+pub fn known(cache: &mut StackCache, hash: u64) -> Option<u32> {
+    let id = *TABLE.lock().ids.get(&hash)?;
+    cache.put(hash, id);
+    Some(id)
+}
+
 /// The id of the stack with hash `hash`, and whether it is new to the process (its definition must
 /// then be written).
 pub fn intern(cache: &mut StackCache, hash: u64) -> (u32, bool) {

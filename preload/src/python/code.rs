@@ -65,7 +65,7 @@ pub fn id(code: u64, table: u64) -> (u32, bool) {
 }
 
 /// Entries of a thread's [`RecentCodes`] (a power of two).
-const RECENT: usize = 256;
+const RECENT: usize = 1024;
 
 /// The code ids one thread looked up last, in front of the registry. Each new stack looks up every
 /// one of its Python frames, mostly frames of the stacks before it, and the registry's lock and hash
@@ -88,8 +88,9 @@ impl RecentCodes {
 
     /// [`id`], answered from this thread's recent look-ups where it can be.
     pub fn id(&mut self, code: u64, table: u64) -> (u32, bool) {
-        // Code objects are 16-byte aligned and a few hundred bytes each.
-        let i = ((code >> 4) ^ (code >> 12)) as usize & (RECENT - 1);
+        // Code objects are a few hundred bytes apart: the bits above their alignment, mixed with the
+        // next ones so that strides of a power of two spread too.
+        let i = ((code >> 4) ^ (code >> 14)) as usize & (RECENT - 1);
         if self.keys[i] == (code, table) {
             return (self.ids[i], false);
         }

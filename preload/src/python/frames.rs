@@ -325,32 +325,29 @@ pub fn splice(
     codes: &[u32],
 ) -> Vec<Frame> {
     let mut out = Vec::with_capacity(native.len() + python.len());
-    let mut next = 0;
     let (eval_start, eval_end) = interp.eval;
-    let emit_group = |out: &mut Vec<Frame>, next: &mut usize| {
-        while *next < python.len() {
-            let f = python[*next];
-            out.push(Frame::python(PyFrame {
-                code: codes[*next],
-                instruction: f.instruction,
-            }));
-            *next += 1;
-            if f.entry {
-                break;
-            }
-        }
+    let as_frame = |(f, &code): (&RawFrame, &u32)| {
+        Frame::python(PyFrame {
+            code,
+            instruction: f.instruction,
+        })
     };
+    let mut python = python.iter().zip(codes);
     for &(ret, frame) in native {
         // A return address points after the call: look up the call itself.
-        let call = ret.wrapping_sub(1);
-        if call >= eval_start && call < eval_end {
-            emit_group(&mut out, &mut next);
+        if (eval_start..eval_end).contains(&ret.wrapping_sub(1)) {
+            // The frames this evaluation call runs: up to and including its entry frame.
+            for f in python.by_ref() {
+                let entry = f.0.entry;
+                out.push(as_frame(f));
+                if entry {
+                    break;
+                }
+            }
         }
         out.push(frame);
     }
-    while next < python.len() {
-        emit_group(&mut out, &mut next);
-    }
+    out.extend(python.map(as_frame));
     out
 }
 
