@@ -16,10 +16,11 @@
 //!   input that is not a readable trace is an error: one `error: …` line, exit status 2.
 //! - Exit status: 0 success, 1 a requested check failed, 2 error. A closed stdout (`| head`) is a
 //!   success.
-//! - No `unsafe` but one prefetch hint (`heap.rs`); output is deterministic.
+//! - No `unsafe` (the live heap's prefetch hint and huge-page memory come from crates with safe
+//!   calls: `prefetch-index`, `memmap2`, `bytemuck`); output is deterministic.
 //!
 //! [`run`] is the whole program minus process plumbing, so tests drive it in-process.
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod capture;
 pub mod cli;
