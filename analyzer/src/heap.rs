@@ -469,9 +469,10 @@ fn home_of(addr: u64, shift: u32, mask: usize, window: Window) -> usize {
 ///
 /// A large table is looked up at random places, so on 4 KiB pages a lookup of one is likely to
 /// need a page walk; on huge pages, 32 MiB of table take 16 TLB entries (a `summary` of a CPython
-/// trace whose table reached 32 MiB took about 5% less time). A table smaller than a huge page cannot get one and stays on small pages. Where
-/// the system does not do huge pages (other kernels, `never` in
-/// `/sys/kernel/mm/transparent_hugepage/enabled`), the advice is ignored and nothing else changes.
+/// trace whose table reached 32 MiB took about 5% less time). A table smaller than a huge page
+/// cannot get one and stays on small pages. Where the system does not do huge pages (other
+/// kernels, `never` in `/sys/kernel/mm/transparent_hugepage/enabled`), the advice is ignored and
+/// nothing else changes.
 struct Slots {
     map: MmapMut,
 }
