@@ -217,7 +217,17 @@ impl UnwindCaches {
     /// Empty caches.
     pub fn new() -> UnwindCaches {
         UnwindCaches {
-            rules: Box::new([(0, Rule::FRAMEHOP); RULES]),
+            // Made on the heap, never on the stack first (32 KiB): a thread's caches are made on
+            // its first allocation, on its own stack, which may be as small as `PTHREAD_STACK_MIN`
+            // (glibc's timer helper threads). `Box::new` of the array only avoids the stack copy
+            // where the optimizer sees through it.
+            rules: match vec![(0, Rule::FRAMEHOP); RULES]
+                .into_boxed_slice()
+                .try_into()
+            {
+                Ok(rules) => rules,
+                Err(_) => unreachable!("a vector of RULES rules is an array of them"),
+            },
             map: 0,
             framehop: (0..FRAMEHOP_CACHES)
                 .map(|_| CacheX86_64::new_in())

@@ -72,17 +72,20 @@ const RECENT: usize = 1024;
 /// map cost several times a look at this small direct-mapped table. The registry never changes an
 /// id it gave, so an entry stays true until a fork child forgets every id: its forking thread then
 /// calls [`RecentCodes::clear`].
+///
+/// The entries (20 KiB) are on the heap: a thread's state is made on its first allocation, on that
+/// thread's stack, which may be as small as `PTHREAD_STACK_MIN` (glibc's timer helper threads).
 pub struct RecentCodes {
     /// `(code, table)` per entry; code objects are at 4096 or above, so `(0, 0)` is empty.
-    keys: [(u64, u64); RECENT],
-    ids: [u32; RECENT],
+    keys: Box<[(u64, u64)]>,
+    ids: Box<[u32]>,
 }
 
 impl RecentCodes {
-    pub const fn new() -> RecentCodes {
+    pub fn new() -> RecentCodes {
         RecentCodes {
-            keys: [(0, 0); RECENT],
-            ids: [0; RECENT],
+            keys: vec![(0, 0); RECENT].into_boxed_slice(),
+            ids: vec![0; RECENT].into_boxed_slice(),
         }
     }
 
@@ -229,7 +232,7 @@ mod tests {
         assert_eq!(a.id(y, 8), (id_y, false));
         // Cleared (a fork child), the entries are gone and the registry answers again.
         a.clear();
-        assert_eq!(a.keys, [(0, 0); RECENT]);
+        assert!(a.keys.iter().all(|&k| k == (0, 0)));
         assert_eq!(a.id(y, 8), (id_y, false));
     }
 }
