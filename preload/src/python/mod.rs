@@ -20,7 +20,7 @@ pub mod frames;
 pub mod layout;
 
 use core::ffi::{CStr, c_void};
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use layout::Layout;
 use std::sync::OnceLock;
 
@@ -149,11 +149,20 @@ pub fn check_pending() -> bool {
     STATUS.load(Ordering::Relaxed) == UNCHECKED
 }
 
+/// Pending checks skipped so far (see [`may_run_python`]).
+static SKIPPED_CHECKS: AtomicU32 = AtomicU32::new(0);
+
+/// A pending check runs at least once in this many allocations, whatever the native stack shows.
+const CHECK_AT_LEAST_EVERY: u32 = 256;
+
 /// Whether a thread whose native stack is `outermost_first` may have Python frames to check: some
 /// return address is in the evaluation function (which runs every Python frame), or the stack was
 /// `cut` at the depth limit and may have lost it. Until the interpreter runs its first Python frame
 /// (tens of thousands of allocations while it starts), a check finds nothing, at the cost of two
-/// `process_vm_readv` calls per allocation; this scan of the native frames costs far less.
+/// `process_vm_readv` calls per allocation; this scan of the native frames costs far less. Where
+/// the unwinder cannot reach the evaluation function at all (Python run on a stack of its own, or
+/// from code without unwind tables), every [`CHECK_AT_LEAST_EVERY`]th call says yes anyway, so
+/// that the check still happens.
 #[cold]
 pub fn may_run_python(outermost_first: &[u64], cut: bool) -> bool {
     let Some(interp) = INTERP.get() else {
@@ -163,6 +172,8 @@ pub fn may_run_python(outermost_first: &[u64], cut: bool) -> bool {
     cut || outermost_first
         .iter()
         .any(|&ret| (start..end).contains(&ret.wrapping_sub(1)))
+        || SKIPPED_CHECKS.fetch_add(1, Ordering::Relaxed) % CHECK_AT_LEAST_EVERY
+            == CHECK_AT_LEAST_EVERY - 1
 }
 
 /// Whether the process looks like CPython: its executable is named `python...` or it has loaded a
