@@ -49,7 +49,7 @@ pub struct Block {
 ///   crowding stays within that of one rehash;
 /// - sizes from `u32::MAX` bytes up, and the block at address 0 (which marks an empty slot), live
 ///   on the side, in maps as small as such blocks are rare;
-/// - the slots live in memory of their own ([`Slots`]), backed by huge pages where the system
+/// - the slots live in memory of their own (`Slots`), backed by huge pages where the system
 ///   offers them, so that a large table needs few TLB entries at all.
 pub struct LiveHeap {
     /// A power-of-two number of slots; `addr == 0` marks an empty one.

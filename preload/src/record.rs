@@ -190,10 +190,12 @@ fn new_stack(
     // A stack the process has defined already: nothing to resolve or write. Unless modules were
     // loaded since the last scan, it is the very stack the path below would intern; a deep stack
     // that recurs after this thread's cache let it go (rounds of a recursive parser) would
-    // otherwise have all its frames resolved again, for nothing.
-    if !modules::changed_since_scan()
-        && let Some(id) = stacks::known(&mut ts.stacks, hash)
+    // otherwise have all its frames resolved again, for nothing. The loader is asked about new
+    // modules (a lock of its own) only for such a stack.
+    if let Some(id) = stacks::known(hash)
+        && !modules::changed_since_scan()
     {
+        ts.stacks.put(hash, id);
         return id;
     }
     let mut native = resolve_native(map, ts.frames.outermost_first());

@@ -56,7 +56,7 @@ impl StackCache {
 
     /// Puts `hash` first in its set; the entry it displaces moves to the second place.
     #[inline]
-    fn put(&mut self, hash: u64, id: u32) {
+    pub fn put(&mut self, hash: u64, id: u32) {
         let i = Self::set(hash);
         self.slots[i + 1] = self.slots[i];
         self.slots[i] = (hash, id);
@@ -91,12 +91,10 @@ static TABLE: SpinMutex<Table> = SpinMutex::new(Table {
     next_id: 1,
 });
 
-/// The id of the stack with hash `hash` if the process has one, remembered in `cache`: a stack
-/// another thread defined, or one this thread's cache let go of.
-pub fn known(cache: &mut StackCache, hash: u64) -> Option<u32> {
-    let id = *TABLE.lock().ids.get(&hash)?;
-    cache.put(hash, id);
-    Some(id)
+/// The id of the stack with hash `hash` if the process has one: a stack another thread defined,
+/// or one this thread's cache let go of. Put it in the cache with [`StackCache::put`] once used.
+pub fn known(hash: u64) -> Option<u32> {
+    TABLE.lock().ids.get(&hash).copied()
 }
 
 /// The id of the stack with hash `hash`, and whether it is new to the process (its definition must

@@ -161,7 +161,7 @@ const CHECK_AT_LEAST_EVERY: u32 = 256;
 /// (tens of thousands of allocations while it starts), a check finds nothing, at the cost of two
 /// `process_vm_readv` calls per allocation; this scan of the native frames costs far less. Where
 /// the unwinder cannot reach the evaluation function at all (Python run on a stack of its own, or
-/// from code without unwind tables), every [`CHECK_AT_LEAST_EVERY`]th call says yes anyway, so
+/// from code without unwind tables), every `CHECK_AT_LEAST_EVERY`th call says yes anyway, so
 /// that the check still happens.
 #[cold]
 pub fn may_run_python(outermost_first: &[u64], cut: bool) -> bool {
