@@ -213,8 +213,8 @@ mod tests {
     fn recent_codes_give_the_registry_s_ids_and_report_each_code_new_once() {
         let mut a = RecentCodes::new();
         let mut b = RecentCodes::new();
-        // Addresses no other test uses; 0x...100 and 0x...1100 share an entry of the table.
-        let (x, y) = (0x7e57_0000_0100, 0x7e57_0000_1100);
+        // Addresses no other test uses, which share an entry of the table.
+        let (x, y) = (0x7e57_0000_0100, 0x7e57_0000_4110);
         let (id_x, new_x) = a.id(x, 8);
         assert!(new_x);
         assert_eq!(a.id(x, 8), (id_x, false));
@@ -225,9 +225,11 @@ mod tests {
         assert!(new_x2);
         assert_ne!(id_x2, id_x);
         // A code object that takes over the entry, then the first one again: its old id.
+        assert!(a.keys.contains(&(x, 16)));
         let (id_y, new_y) = a.id(y, 8);
         assert!(new_y);
         assert_ne!(id_y, id_x);
+        assert!(!a.keys.contains(&(x, 16)), "y took x's entry");
         assert_eq!(a.id(x, 8), (id_x, false));
         assert_eq!(a.id(y, 8), (id_y, false));
         // Cleared (a fork child), the entries are gone and the registry answers again.
