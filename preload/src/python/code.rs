@@ -73,19 +73,18 @@ const RECENT: usize = 1024;
 /// id it gave, so an entry stays true until a fork child forgets every id: its forking thread then
 /// calls [`RecentCodes::clear`].
 ///
-/// The entries (20 KiB) are on the heap: a thread's state is made on its first allocation, on that
+/// The entries (24 KiB) are on the heap: a thread's state is made on its first allocation, on that
 /// thread's stack, which may be as small as `PTHREAD_STACK_MIN` (glibc's timer helper threads).
 pub struct RecentCodes {
-    /// `(code, table)` per entry; code objects are at 4096 or above, so `(0, 0)` is empty.
-    keys: Box<[(u64, u64)]>,
-    ids: Box<[u32]>,
+    /// `(code, table, id)` per entry, key and id in one cache line; code objects are at 4096 or
+    /// above, so a code of 0 marks an empty entry.
+    entries: Box<[(u64, u64, u32)]>,
 }
 
 impl RecentCodes {
     pub fn new() -> RecentCodes {
         RecentCodes {
-            keys: vec![(0, 0); RECENT].into_boxed_slice(),
-            ids: vec![0; RECENT].into_boxed_slice(),
+            entries: vec![(0, 0, 0); RECENT].into_boxed_slice(),
         }
     }
 
@@ -94,18 +93,18 @@ impl RecentCodes {
         // Code objects are a few hundred bytes apart: the bits above their alignment, mixed with the
         // next ones so that strides of a power of two spread too.
         let i = ((code >> 4) ^ (code >> 14)) as usize & (RECENT - 1);
-        if self.keys[i] == (code, table) {
-            return (self.ids[i], false);
+        let e = &mut self.entries[i];
+        if (e.0, e.1) == (code, table) {
+            return (e.2, false);
         }
         let (id, new) = id(code, table);
-        self.keys[i] = (code, table);
-        self.ids[i] = id;
+        *e = (code, table, id);
         (id, new)
     }
 
     /// Forgets every entry.
     pub fn clear(&mut self) {
-        self.keys.fill((0, 0));
+        self.entries.fill((0, 0, 0));
     }
 }
 
@@ -211,6 +210,9 @@ mod tests {
 
     #[test]
     fn recent_codes_give_the_registry_s_ids_and_report_each_code_new_once() {
+        let holds = |r: &RecentCodes, code: u64, table: u64| {
+            r.entries.iter().any(|e| (e.0, e.1) == (code, table))
+        };
         let mut a = RecentCodes::new();
         let mut b = RecentCodes::new();
         // Addresses no other test uses, which share an entry of the table.
@@ -225,16 +227,16 @@ mod tests {
         assert!(new_x2);
         assert_ne!(id_x2, id_x);
         // A code object that takes over the entry, then the first one again: its old id.
-        assert!(a.keys.contains(&(x, 16)));
+        assert!(holds(&a, x, 16));
         let (id_y, new_y) = a.id(y, 8);
         assert!(new_y);
         assert_ne!(id_y, id_x);
-        assert!(!a.keys.contains(&(x, 16)), "y took x's entry");
+        assert!(!holds(&a, x, 16), "y took x's entry");
         assert_eq!(a.id(x, 8), (id_x, false));
         assert_eq!(a.id(y, 8), (id_y, false));
         // Cleared (a fork child), the entries are gone and the registry answers again.
         a.clear();
-        assert!(a.keys.iter().all(|&k| k == (0, 0)));
+        assert!(a.entries.iter().all(|&e| e == (0, 0, 0)));
         assert_eq!(a.id(y, 8), (id_y, false));
     }
 }
